@@ -1,0 +1,5 @@
+"""Allow ``python -m katana``."""
+
+from katana.cli import main
+
+raise SystemExit(main())

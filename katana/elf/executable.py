@@ -1,0 +1,127 @@
+"""Linked executables: symbols (locals told apart by object), bytes at an address, relocations.
+
+A katana build links with ``--emit-relocs`` and keeps ``.symtab``. The linker writes each input
+object's local symbols after that object's STT_FILE symbol (the source basename), which is how two
+``static int count`` of two objects are told apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from katana.errors import FormatError
+
+Key = tuple[str, str | None]  # (name, STT_FILE name for a local; None for a global)
+
+
+@dataclass(frozen=True)
+class ExeSymbol:
+    name: str
+    file: str | None  # STT_FILE group of a local symbol, None for a global
+    address: int
+    size: int
+    type: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    vaddr: int
+    memsz: int
+    offset: int
+    filesz: int
+    flags: int
+
+
+class Executable:
+    """Symbols and contents of one linked ELF executable (or shared library)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._symbols: dict[Key, list[ExeSymbol]] = {}
+        self.functions: list[ExeSymbol] = []
+        try:
+            with open(self.path, "rb") as f:
+                elf = ELFFile(f)
+                self.pie = elf["e_type"] == "ET_DYN"
+                self.segments = [
+                    Segment(p["p_vaddr"], p["p_memsz"], p["p_offset"], p["p_filesz"], p["p_flags"])
+                    for p in elf.iter_segments() if p["p_type"] == "PT_LOAD"]
+                self._read_symbols(elf)
+        except (ELFError, OSError, ValueError) as e:
+            raise FormatError(f"{self.path}: not a readable ELF executable ({e})") from e
+        self.functions.sort(key=lambda s: s.address)
+        self._data: bytes | None = None
+
+    def _read_symbols(self, elf: ELFFile) -> None:
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            raise FormatError(f"{self.path}: no .symtab: the executable was stripped; "
+                              "build it with the katana SCons tool (it keeps symbols)")
+        current_file: str | None = None
+        for s in symtab.iter_symbols():
+            kind = s["st_info"]["type"]
+            if kind == "STT_FILE":
+                current_file = s.name
+                continue
+            if kind not in ("STT_FUNC", "STT_OBJECT", "STT_GNU_IFUNC") or not s.name:
+                continue
+            if s["st_shndx"] == "SHN_UNDEF":
+                continue
+            local = s["st_info"]["bind"] == "STB_LOCAL"
+            sym = ExeSymbol(s.name, current_file if local else None, s["st_value"],
+                            s["st_size"], kind)
+            self._symbols.setdefault((sym.name, sym.file), []).append(sym)
+            if kind == "STT_FUNC":
+                self.functions.append(sym)
+
+    @property
+    def lowest_vaddr(self) -> int:
+        return min((s.vaddr for s in self.segments), default=0) & ~0xFFF
+
+    def lookup(self, name: str, file: str | None = None) -> ExeSymbol | None:
+        """A global by name, or a local by name and STT_FILE name; None if absent.
+
+        Two locals of one name under one file name (two ``util.c`` in different folders) are
+        ambiguous: that raises, since guessing would patch the wrong function.
+        """
+        found = self._symbols.get((name, file), [])
+        if len(found) > 1:
+            raise FormatError(f"{self.path}: {len(found)} local symbols '{name}' in objects "
+                              f"named '{file}'; rename one of the source files to tell them apart")
+        return found[0] if found else None
+
+    def function_at(self, address: int) -> ExeSymbol | None:
+        """The function whose extent covers a link-time address."""
+        import bisect
+
+        i = bisect.bisect_right([f.address for f in self.functions], address) - 1
+        if i >= 0 and address < self.functions[i].address + max(self.functions[i].size, 1):
+            return self.functions[i]
+        return None
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        """Bytes of the file image at a link-time address (zeros past a segment's file size)."""
+        if self._data is None:
+            self._data = self.path.read_bytes()
+        for seg in self.segments:
+            if seg.vaddr <= vaddr and vaddr + size <= seg.vaddr + seg.memsz:
+                start = vaddr - seg.vaddr
+                chunk = self._data[seg.offset + start: seg.offset + min(start + size, seg.filesz)]
+                return chunk + b"\0" * (size - len(chunk))
+        raise FormatError(f"{self.path}: address {vaddr:#x} (+{size}) is not in a loaded segment")
+
+
+@lru_cache(maxsize=16)
+def _cached(path: str, mtime_ns: int, size: int) -> Executable:
+    return Executable(Path(path))
+
+
+def open_executable(path: Path | str) -> Executable:
+    """An ``Executable``, cached by path, modification time and size."""
+    st = Path(path).stat()
+    return _cached(str(path), st.st_mtime_ns, st.st_size)

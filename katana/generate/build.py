@@ -1,0 +1,162 @@
+"""Turn a diff into a Patch Object: the closure of what the changed code needs.
+
+Starting from the changed and added functions, every relocation of every included section is
+followed. Its target either joins the patch (changed or new code, new data, read-only data the
+new code reads, storage for a transformed variable) or stays in the running program and becomes
+an external symbol named as the FROM version spells it (so static locals keep their live storage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from katana.elf.executable import Executable
+from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
+from katana.errors import GenerateError
+from katana.generate.compare import Fingerprinter
+from katana.generate.diff import Diff, ObjectPair
+from katana.po.model import Reloc, Section, Symbol
+
+Origin = tuple[str, int]  # (object relpath, index of a section or a symbol)
+
+
+@dataclass
+class Closure:
+    """The sections and symbols of the PO being built."""
+
+    diff: Diff
+    old_exe: Executable
+    sections: list[Section] = field(default_factory=list)
+    symbols: list[Symbol] = field(default_factory=list)
+    section_index: dict[Origin, int] = field(default_factory=dict)
+    symbol_index: dict[tuple, int] = field(default_factory=dict)
+    pending: list[tuple[ObjectPair, ObjSection]] = field(default_factory=list)
+    added_vars: set[Origin] = field(default_factory=set)  # new storage (added or transformed)
+    included_funcs: set[Origin] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.pairs = {p.relpath: p for p in self.diff.pairs}
+        self.globals: dict[str, tuple[ObjectPair, ObjSymbol]] = {}
+        for pair in self.diff.pairs:
+            for sym in pair.new.symbols:
+                if sym.defined and not sym.local and sym.type in ("STT_FUNC", "STT_OBJECT"):
+                    self.globals[sym.name] = (pair, sym)
+        self.fingerprinters = {p.relpath: Fingerprinter(p.new) for p in self.diff.pairs}
+
+    # -- sections -------------------------------------------------------------------------------
+
+    def include_section(self, pair: ObjectPair, sec: ObjSection) -> int:
+        key = (pair.relpath, sec.index)
+        if key not in self.section_index:
+            if sec.is_tls:
+                raise GenerateError(
+                    f"{pair.relpath}: the patch needs thread-local data ({sec.name}); new or "
+                    "changed thread-local variables cannot be hot-patched",
+                    hint="keep the variable as it was, or restart the program for this change")
+            self.section_index[key] = len(self.sections)
+            self.sections.append(Section(sec.name, sec.kind, b"" if sec.kind == "bss" else
+                                         sec.data, sec.size, sec.align))
+            self.pending.append((pair, sec))
+        return self.section_index[key]
+
+    def run(self) -> None:
+        while self.pending:
+            pair, sec = self.pending.pop()
+            po_sec = self.sections[self.section_index[(pair.relpath, sec.index)]]
+            fp = self.fingerprinters[pair.relpath]
+            for r in sec.relocs:
+                sym, addend = self.resolve(pair, fp, sec, r)
+                po_sec.relocs.append(Reloc(r.offset, r.type, sym, addend))
+
+    # -- symbols --------------------------------------------------------------------------------
+
+    def _symbol(self, key: tuple, make) -> int:
+        if key not in self.symbol_index:
+            self.symbol_index[key] = len(self.symbols)
+            self.symbols.append(make())
+        return self.symbol_index[key]
+
+    def defined(self, pair: ObjectPair, sym: ObjSymbol) -> int:
+        """A PO symbol for a symbol of a new object whose section joins the patch."""
+        shndx = self.include_section(pair, pair.new.sections[sym.shndx])
+        kind = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_SECTION": "section"}.get(
+            sym.type, "notype")
+        name = sym.name or pair.new.sections[sym.shndx].name
+        return self._symbol(("def", pair.relpath, sym.index), lambda: Symbol(
+            name, kind, shndx, sym.value, sym.size, sym.local,  # type: ignore[arg-type]
+            pair.new.file_name if sym.local else None))
+
+    def external(self, old_obj: ObjectFile | None, old: ObjSymbol, new_name: str) -> int:
+        """A PO symbol for something that stays in the running program."""
+        file = old_obj.file_name if (old.local and old_obj is not None) else None
+        kind = "func" if old.type == "STT_FUNC" else "object" if old.type == "STT_OBJECT" \
+            else "notype"
+        return self._symbol(("ext", old.name, file), lambda: Symbol(
+            old.name, kind, None, 0, old.size, old.local, file,  # type: ignore[arg-type]
+            new_name if new_name != old.name else None))
+
+    def library(self, name: str) -> int:
+        return self._symbol(("ext", name, None), lambda: Symbol(name, "notype", None))
+
+    # -- relocation targets ---------------------------------------------------------------------
+
+    def resolve(self, pair: ObjectPair, fp: Fingerprinter, sec: ObjSection, r) -> tuple[int, int]:
+        """The PO symbol and addend a relocation of an included section uses."""
+        sym = pair.new.symbols[r.sym]
+        if not sym.defined:
+            return self.resolve_undefined(sym.name), r.addend
+        target_sec = pair.new.sections[sym.shndx]
+        _, off = fp.target(sec, r)  # type: ignore[misc]
+        named = pair.new.symbol_at(sym.shndx, off)
+        if target_sec.kind == "rodata" or named is None:
+            return self.resolve_rodata(pair, sym, named), r.addend
+        if self.joins_patch(pair, named):
+            return self.defined(pair, sym), r.addend
+        partner = pair.partner.get(named.index)
+        if partner is None:  # unchanged and unpaired cannot happen for a paired object
+            raise GenerateError(f"{pair.relpath}: cannot pair '{named.name}' with the FROM "
+                                "version")
+        return self.external(pair.old, partner, named.name), r.addend + sym.value - named.value
+
+    def joins_patch(self, pair: ObjectPair, named: ObjSymbol) -> bool:
+        key = (pair.relpath, named.index)
+        if key in self.included_funcs or key in self.added_vars:
+            return True
+        if named.index in pair.changed or named.index in pair.added:
+            return True
+        if named.type == "STT_OBJECT" and named.index not in pair.partner:
+            self.added_vars.add(key)  # a new variable: fresh storage, initial value
+            return True
+        if named.index not in pair.partner:
+            return True
+        return not self._in_from_executable(pair, pair.partner[named.index])
+
+    def _in_from_executable(self, pair: ObjectPair, old: ObjSymbol) -> bool:
+        """GCC may have inlined every call of a static function in FROM: then it has no symbol
+        there and the patch must carry it."""
+        file = pair.old.file_name if (old.local and pair.old is not None) else None
+        return self.old_exe.lookup(old.name, file) is not None
+
+    def resolve_rodata(self, pair: ObjectPair, sym: ObjSymbol, named: ObjSymbol | None) -> int:
+        """Read-only data is copied with the code that reads it, unless it is an unchanged
+        global constant of the program (then the live one is used)."""
+        if named is not None and not named.local and named.index in pair.partner and \
+                named.index not in pair.changed_rodata and \
+                self._in_from_executable(pair, pair.partner[named.index]) and \
+                sym.type != "STT_SECTION":
+            return self.external(pair.old, pair.partner[named.index], named.name)
+        return self.defined(pair, sym)
+
+    def resolve_undefined(self, name: str) -> int:
+        hit = self.globals.get(name)
+        if hit is None:  # defined in an object that did not change, or in a library
+            return self.library(name)
+        pair, sym = hit
+        if sym.index in pair.changed or sym.index in pair.added or \
+                (pair.relpath, sym.index) in self.added_vars or sym.index in pair.changed_rodata:
+            return self.defined(pair, sym)
+        if sym.index not in pair.partner:
+            self.added_vars.add((pair.relpath, sym.index))
+            return self.defined(pair, sym)
+        return self.library(name) if self._in_from_executable(pair, pair.partner[sym.index]) \
+            else self.defined(pair, sym)

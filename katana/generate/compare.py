@@ -1,0 +1,140 @@
+"""Fingerprints: what makes a function (or a data object) the same in two versions.
+
+A function is the same when its bytes are equal (relocated fields are zero in a ``.o``) and its
+ordered relocations are equal in type, offset and *target identity*. The identity of a target is
+what it means, not where the assembler put it: a string is its text (its offset inside
+``.rodata.str1.1`` moves whenever any other string of the object changes), read-only data is its
+content, a function or a writable variable is its name (clone and static-local counters dropped).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+from katana.elf.objfile import ObjectFile, ObjReloc, ObjSection, normalize_name, static_local_base
+
+# psABI relocation numbers (x86-64 psABI, table "Relocation Types")
+R_X86_64_64 = 1
+R_X86_64_PC32 = 2
+R_X86_64_GOT32 = 3
+R_X86_64_PLT32 = 4
+R_X86_64_GOTPCREL = 9
+R_X86_64_32 = 10
+R_X86_64_32S = 11
+R_X86_64_PC64 = 24
+R_X86_64_GOTPCRELX = 41
+R_X86_64_REX_GOTPCRELX = 42
+PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX,
+               R_X86_64_REX_GOTPCRELX}
+
+_cs = Cs(CS_ARCH_X86, CS_MODE_64)
+
+Identity = tuple
+
+
+def _cstring(data: bytes, offset: int) -> bytes:
+    end = data.find(b"\0", offset)
+    return data[offset:] if end < 0 else data[offset:end]
+
+
+class SectionView:
+    """One section of an object, with the decoding the comparison needs."""
+
+    def __init__(self, obj: ObjectFile, section: ObjSection) -> None:
+        self.obj = obj
+        self.section = section
+
+    @cached_property
+    def _insn_ends(self) -> dict[int, int]:
+        """Byte offset -> end of the instruction that covers it (text sections only)."""
+        ends: dict[int, int] = {}
+        for insn in _cs.disasm_lite(self.section.data, 0):
+            start, size = insn[0], insn[1]
+            for off in range(start, start + size):
+                ends[off] = start + size
+        return ends
+
+    def pc_adjust(self, reloc: ObjReloc) -> int:
+        """How far the CPU's reference point lies past the relocated field.
+
+        For a PC-relative field the target is ``S + A + (end of instruction - field)``: usually 4,
+        more when an immediate follows the displacement (``cmpb $0, x(%rip)``), so the addend alone
+        does not say which byte is meant (psABI 4.4; hence the decoding).
+        """
+        if reloc.type not in PC_RELATIVE:
+            return 0
+        if self.section.is_text:
+            end = self._insn_ends.get(reloc.offset)
+            if end is not None:
+                return end - reloc.offset
+        return 4
+
+
+class Fingerprinter:
+    """Computes identities of relocation targets within one object."""
+
+    def __init__(self, obj: ObjectFile) -> None:
+        self.obj = obj
+        self._views: dict[int, SectionView] = {}
+
+    def view(self, shndx: int) -> SectionView:
+        if shndx not in self._views:
+            self._views[shndx] = SectionView(self.obj, self.obj.sections[shndx])
+        return self._views[shndx]
+
+    def target(self, source: ObjSection, reloc: ObjReloc) -> tuple[int, int] | None:
+        """(section index, offset) a relocation designates, or None for an undefined symbol."""
+        sym = self.obj.symbols[reloc.sym]
+        if not sym.defined:
+            return None
+        adjust = self.view(source.index).pc_adjust(reloc) if source.is_text else 0
+        return sym.shndx, sym.value + reloc.addend + adjust
+
+    def identity(self, source: ObjSection, reloc: ObjReloc, depth: int = 0) -> Identity:
+        sym = self.obj.symbols[reloc.sym]
+        if not sym.defined:
+            return ("extern", normalize_name(sym.name), reloc.addend)
+        shndx, off = self.target(source, reloc)  # type: ignore[misc]
+        sec = self.obj.sections[shndx]
+        if sec.is_text or sec.is_writable or sec.kind == "bss":
+            named = self.obj.symbol_at(shndx, off)
+            if named is None:
+                return ("anon", sec.name, off)
+            name = normalize_name(named.name)
+            if named.local and named.type == "STT_OBJECT":
+                name = static_local_base(name)
+            return ("sym", name, off - named.value)
+        return ("ro", self.rodata_identity(sec, off, depth))
+
+    def rodata_identity(self, sec: ObjSection, off: int, depth: int = 0) -> Identity:
+        """Read-only data means its content: a string, a constant, a table and what it points to."""
+        if sec.is_strings:
+            return ("str", _cstring(sec.data, off))
+        named = self.obj.symbol_at(sec.index, off)
+        if named is not None and named.size:
+            start, end = named.value, named.value + named.size
+        elif sec.flags & 0x10 and sec.entsize:  # SHF_MERGE constants: one entry
+            start, end = off, off + sec.entsize
+        else:
+            start, end = 0, sec.size
+        relocs: tuple = ()
+        if depth < 4:
+            relocs = tuple((r.offset - start, r.type, self.identity(sec, r, depth + 1))
+                           for r in sec.relocs if start <= r.offset < end)
+        return ("data", sec.data[start:end], off - start, relocs)
+
+    def function_fingerprint(self, shndx: int, start: int, size: int) -> Identity:
+        sec = self.obj.sections[shndx]
+        relocs = tuple((r.offset - start, r.type, self.identity(sec, r))
+                       for r in sec.relocs if start <= r.offset < start + size)
+        return (sec.data[start:start + size], relocs)
+
+    def data_fingerprint(self, shndx: int, start: int, size: int) -> Identity:
+        """Initial value of a writable variable (bytes plus what its pointers designate)."""
+        sec = self.obj.sections[shndx]
+        data = sec.data[start:start + size] if sec.kind != "bss" else b"\0" * size
+        relocs = tuple((r.offset - start, r.type, self.identity(sec, r))
+                       for r in sec.relocs if start <= r.offset < start + size)
+        return (data, relocs)

@@ -1,0 +1,92 @@
+"""From two trees to a complete ``PatchObject``: the diff, the closure, the metadata."""
+
+from __future__ import annotations
+
+from katana import __version__
+from katana.elf.buildid import read_build_id
+from katana.elf.executable import Executable, open_executable
+from katana.elf.objfile import ObjSymbol, normalize_name
+from katana.errors import GenerateError, NoChangeError
+from katana.generate.build import Closure
+from katana.generate.diff import CHILD_SUFFIXES, Diff, ObjectPair, diff_trees
+from katana.generate.tree import Tree
+from katana.generate.variables import added_variables, plan_variables
+from katana.po.model import FunctionPatch, FunctionRef, Meta, PatchObject
+
+
+def _is_child(name: str) -> bool:
+    return any(s in normalize_name(name) for s in CHILD_SUFFIXES)
+
+
+def _old_function(exe: Executable, pair: ObjectPair, old: ObjSymbol) -> tuple[int, bytes]:
+    file = pair.old.file_name if (old.local and pair.old is not None) else None
+    hit = exe.lookup(old.name, file)
+    if hit is None:
+        return 0, b""
+    return hit.size, exe.read(hit.address, hit.size)
+
+
+def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:
+    for pair in closure.diff.pairs:
+        for index in sorted(pair.changed | pair.added):
+            fn = pair.new.symbols[index]
+            closure.included_funcs.add((pair.relpath, index))
+            po_sym = closure.defined(pair, fn)
+            partner = pair.partner.get(index)
+            old_size, old_code = _old_function(exe, pair, partner) if partner else (0, b"")
+            if partner is not None and old_code:
+                meta.safety.append(FunctionRef(partner.name, pair.old.file_name if partner.local
+                                               else None, partner.local))
+            if _is_child(fn.name):
+                continue  # never an entry point: reached only through its parent
+            status = "changed" if partner is not None and old_code else "added"
+            meta.functions.append(FunctionPatch(
+                fn.name, pair.relpath, status, po_sym, old_size, fn.size, fn.local,  # type: ignore
+                pair.new.file_name if fn.local else None,
+                partner.name if partner is not None and partner.name != fn.name else None,
+                old_code))
+            if normalize_name(fn.name) == "main" and status == "changed":
+                meta.warnings.append(
+                    f"{pair.relpath}: main() changed; main is on the stack for the whole life of "
+                    "the process, so this patch can never find a safe point. Move the change into "
+                    "a function main calls (the katana tool keeps such callees out of line).")
+
+
+def _warnings(diff: Diff, meta: Meta) -> None:
+    for rel in diff.removed:
+        meta.warnings.append(f"{rel}: object removed in {diff.new.label}; its code stays in the "
+                             "process, unused")
+    for pair in diff.pairs:
+        if pair.old is None:
+            continue
+        new_names = {normalize_name(f.name) for f in pair.new.functions()}
+        for fn in pair.old.functions():
+            if normalize_name(fn.name) not in new_names and not _is_child(fn.name):
+                meta.warnings.append(f"{pair.relpath}: function {fn.name} removed in "
+                                     f"{diff.new.label}; the running copy stays, unused by new code")
+
+
+def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
+    """Diff two trees of ``program`` and build the Patch Object that turns old into new."""
+    diff = diff_trees(old, new)
+    exe = open_executable(old.executable)
+    from_id, to_id = read_build_id(old.executable), read_build_id(new.executable)
+    if not from_id or not to_id:
+        raise GenerateError("the executables have no GNU build-id",
+                            hint="link with -Wl,--build-id (the katana SCons tool does)")
+    meta = Meta(program, old.label, new.label, from_id, to_id, f"katana {__version__}",
+                pie=exe.pie)
+    closure = Closure(diff, exe)
+    variables = plan_variables(closure, meta)
+    _functions(closure, meta, exe)
+    closure.run()
+    meta.variables = variables + added_variables(closure, variables)
+    closure.run()
+    meta.safety = list({(f.name, f.file): f for f in meta.safety}.values())
+    _warnings(diff, meta)
+    if not meta.functions and not any(v.status != "kept" for v in meta.variables):
+        objects = len(diff.pairs)
+        raise NoChangeError(
+            f"no functional change between {old.label} and {new.label} "
+            f"({objects} object(s) differ only in debug information or line numbers)")
+    return PatchObject(meta, closure.sections, closure.symbols)

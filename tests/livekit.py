@@ -1,0 +1,118 @@
+"""Shared helpers for tests that build C programs and patch them live.
+
+Builds use the same flags the katana SCons tool guarantees, straight through gcc, so that a
+scenario test needs nothing but its sources. Processes are waited on by what they print, never by
+fixed sleeps, and always killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SCENARIOS = HERE / "scenarios"
+CFLAGS = ["-g", "-O2", "-ffunction-sections", "-fdata-sections", "-flive-patching=inline-clone",
+          "-fno-inline-functions-called-once", "-fno-inline-small-functions", "-pthread"]
+LDFLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1", "-pthread"]
+
+
+def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True) -> Path:
+    """Compile every .c of ``src`` into objects under ``out`` and link ``out/program``.
+
+    Sources are copied first so that objects of every version are built from the same path
+    (as the SCons tool arranges with -ffile-prefix-map)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pic = ["-fPIE"] if pie else ["-fno-pie"]
+    objects = []
+    for c in sorted(src.glob("*.c")):
+        shutil.copy(c, out / c.name)
+    for h in sorted(src.glob("*.h")):
+        shutil.copy(h, out / h.name)
+    for c in sorted(out.glob("*.c")):
+        obj = c.with_suffix(".o")
+        subprocess.run(["gcc", *CFLAGS, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
+                        "-o", obj.name], cwd=out, check=True)
+        objects.append(obj.name)
+    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, "-o", program],
+                   cwd=out, check=True)
+    return out / program
+
+
+def build_scenario(name: str, tmp: Path, pie: bool = True, versions=("v0", "v1")) -> dict:
+    return {v: build_version(SCENARIOS / name / v, tmp / v, pie=pie) for v in versions}
+
+
+def katana(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the katana command line as a user would."""
+    result = subprocess.run([sys.executable, "-m", "katana", *args], capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"katana {' '.join(args)} -> {result.returncode}\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+class Live:
+    """A running program whose stdout is read line by line."""
+
+    def __init__(self, argv: list[str], cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def _read_some(self, deadline: float) -> bool:
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return False
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        self._buf += chunk
+        *complete, self._buf = self._buf.split(b"\n")
+        self.lines.extend(x.decode(errors="replace") for x in complete)
+        return True
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match:
+        """The first line (from index ``after``) matching ``pattern``; fails after ``timeout``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = after
+        while True:
+            for i in range(seen, len(self.lines)):
+                m = rx.search(self.lines[i])
+                if m:
+                    self.last_index = i
+                    return m
+            seen = len(self.lines)
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; "
+                                     f"last lines: {self.lines[-8:]}")
+            if not self._read_some(deadline) and self.proc.poll() is not None:
+                raise AssertionError(f"process exited ({self.proc.returncode}) before "
+                                     f"{pattern!r}; last lines: {self.lines[-8:]}")
+
+    def mark(self) -> int:
+        """Index of the next line: wait_for(after=mark) sees only lines printed from now on."""
+        while self._read_some(time.monotonic() + 0.01):
+            pass
+        return len(self.lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()

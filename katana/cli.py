@@ -110,7 +110,7 @@ def _cmd_list(args: argparse.Namespace, config) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace, config) -> int:
-    from katana.engine.apply import apply_command
+    from katana.engine.command import apply_command
 
     return apply_command(args.patch, args.pids, config, leave_stopped=args.stopped,
                          verbosity=0 if args.quiet else 1 + args.verbose)

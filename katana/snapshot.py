@@ -1,12 +1,16 @@
-"""Release snapshots: the programs of one release and every object they are made of.
+"""Release snapshots: the executables of one release, every object they are made of, a manifest.
 
-A snapshot lives in ``releases/<VERSION>/``: ``manifest.json`` plus a copy of each program and
-object at its path relative to the release root, the deepest directory that holds all of them
-(``build/v0/store.o`` is stored as ``store.o``). Relative paths are how the generator pairs the
-objects of two versions, so they must not depend on the version's build directory.
+A snapshot is what a patch is generated from, long after the build tree has moved on::
 
-A snapshot is immutable: a patch is only valid for the exact bytes of its FROM release, so making
-the same release again with different bytes is an error unless forced.
+    releases/v0/manifest.json
+    releases/v0/kvd            <- build/v0/kvd
+    releases/v0/main.o         <- build/v0/main.o
+
+Files keep their path relative to the release root, the deepest directory common to every program
+and object of the build (``build/v0/``), so that ``store.o`` of one release pairs with ``store.o``
+of the next. The manifest lists each program's objects in link order, its build-id and the hash of
+every file. A snapshot is immutable: making it again from different bytes is refused unless forced,
+because patches made from the old bytes would no longer match what the manifest says.
 """
 
 from __future__ import annotations
@@ -14,24 +18,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from katana.elf.buildid import read_build_id
 from katana.errors import BuildError, FormatError
 
-FORMAT = 1
 MANIFEST = "manifest.json"
-KINDS = ("program", "shared-library")
+FORMAT = 1
+KINDS = ("program", "shared_library")
 
-ProgramSpec = tuple[Path, str, list[Path]]  # (linked file, kind, objects in link order)
+# name -> (executable, kind, objects in link order)
+ProgramSpec = tuple[Path, str, list[Path]]
+
+_HEX = re.compile(r"[0-9a-f]+$")
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of the file at ``path``."""
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as lowercase hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -39,25 +46,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """A release snapshot on disk, read from its validated ``manifest.json``."""
+    """A release snapshot on disk, its manifest validated."""
 
-    root: Path
-    manifest: dict[str, Any]
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Snapshot:
-        """Read the snapshot in directory ``path``; BuildError if absent, FormatError if damaged."""
+        """Read and validate the snapshot at ``path`` (the directory holding manifest.json)."""
         root = Path(path).absolute()
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise BuildError(f"{root}: not a release snapshot (no {MANIFEST})")
+        if not root.is_dir():
+            raise BuildError(f"release {root.name} has no snapshot ({root} does not exist)",
+                             hint=f"make it with: scons release VERSION={root.name}")
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise FormatError(f"{manifest_path}: unreadable manifest ({e})") from e
-        _validate(manifest, manifest_path)
+            text = (root / MANIFEST).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BuildError(f"{root} is not a release snapshot (it has no {MANIFEST})",
+                             hint=f"make it with: scons release VERSION={root.name}") from None
+        except OSError as e:
+            raise BuildError(f"cannot read {root / MANIFEST}: {e.strerror}") from e
+        try:
+            manifest = json.loads(text)
+        except ValueError as e:
+            raise FormatError(f"{root / MANIFEST} is not valid JSON ({e})") from e
+        _validate(manifest, root / MANIFEST)
         return cls(root, manifest)
 
     @property
@@ -77,43 +91,46 @@ class Snapshot:
         return list(self.manifest["linkflags"])
 
     def program_names(self) -> list[str]:
-        """Names of the programs (and shared libraries) of this release, sorted."""
-        return sorted(self.manifest["programs"])
-
-    def has_program(self, program: str) -> bool:
-        return program in self.manifest["programs"]
-
-    def kind(self, program: str) -> str:
-        """"program" or "shared-library"."""
-        return self._program(program)["kind"]
+        """The programs (and shared libraries) of this release, as the manifest lists them."""
+        return list(self.manifest["programs"])
 
     def executable(self, program: str) -> Path:
-        """The snapshot's copy of the linked ``program``."""
+        """The snapshot's copy of ``program``'s executable (or shared library)."""
         return self.root / self._program(program)["path"]
 
     def objects(self, program: str) -> list[Path]:
-        """The snapshot's copies of the objects of ``program``, absolute, in link order."""
+        """The snapshot's copies of the objects ``program`` is linked from, in link order."""
         return [self.root / rel for rel in self._program(program)["objects"]]
 
     def build_id(self, program: str) -> str:
-        """The GNU build-id (hex) recorded for ``program``."""
+        """The GNU build-id of ``program`` (lowercase hex)."""
         return self._program(program)["build_id"]
 
+    def kind(self, program: str) -> str:
+        """"program" or "shared_library"."""
+        return self._program(program)["kind"]
+
     def files(self) -> dict[str, str]:
-        """Every stored file (path relative to the root) and its SHA-256."""
+        """Every file of the snapshot: path relative to the root -> SHA-256."""
         return dict(self.manifest["files"])
 
     def relpath(self, path: str | os.PathLike[str]) -> str:
-        """The path of a file of this snapshot relative to its root, as the manifest spells it."""
-        try:
-            return Path(path).absolute().relative_to(self.root).as_posix()
-        except ValueError:
-            raise BuildError(f"{path} is not inside the snapshot {self.root}") from None
+        """``path`` relative to the release root, in POSIX form: the name that pairs releases.
+
+        A relative ``path`` is taken as already relative to the root. Raises ValueError for a
+        path outside the snapshot.
+        """
+        p = Path(path)
+        rel = Path(os.path.relpath(p, self.root)) if p.is_absolute() else p
+        posix = PurePosixPath(os.path.normpath(rel).replace(os.sep, "/"))
+        if posix.is_absolute() or ".." in posix.parts:
+            raise ValueError(f"{path} is not inside the snapshot {self.root}")
+        return str(posix)
 
     def verify(self) -> list[str]:
-        """Stored files whose bytes no longer match the manifest (missing ones included)."""
-        return [rel for rel, digest in sorted(self.manifest["files"].items())
-                if not (self.root / rel).is_file() or file_sha256(self.root / rel) != digest]
+        """The files whose bytes no longer match the manifest (missing ones included)."""
+        return [rel for rel, digest in self.manifest["files"].items()
+                if not (self.root / rel).is_file() or sha256_file(self.root / rel) != digest]
 
     def _program(self, program: str) -> dict[str, Any]:
         try:
@@ -124,146 +141,164 @@ class Snapshot:
                              f"(it has: {names})") from None
 
 
-def make_snapshot(dest: Path, version: str, programs: dict[str, ProgramSpec], compiler: str,
+def make_snapshot(dest: Path, version: str, programs: Mapping[str, ProgramSpec], compiler: str,
                   ccflags: list[str], linkflags: list[str], force: bool = False) -> Snapshot:
-    """Write the snapshot of ``version`` to ``dest`` and return it.
+    """Copy ``programs`` (name -> (executable, kind, objects)) and a manifest into ``dest``.
 
-    ``programs`` maps each program name to its linked file, kind and objects (link order). An
-    existing snapshot with the same bytes is left alone; one that differs is an error unless
-    ``force``, which replaces it.
+    If ``dest`` already holds a snapshot of exactly these bytes, nothing is written. If it holds
+    anything else, BuildError names what differs, unless ``force`` is true: then it is replaced.
     """
     dest = Path(dest).absolute()
-    if not programs:
-        raise BuildError(f"release {version}: no programs to snapshot",
-                         hint="build programs in an environment with the katana tool")
-    root, files = _collect(programs)
-    manifest = _manifest(version, programs, root, files, compiler, ccflags, linkflags)
-    if dest.is_dir() and any(dest.iterdir()):
-        differ = _differences(dest, manifest)
-        if not differ:
-            return Snapshot.load(dest)
-        if not force:
-            raise BuildError(
-                f"release {version} already exists in {dest} with other contents: "
-                f"{', '.join(differ)} differ",
-                hint="a release is immutable once made; pick a new VERSION, or replace it with "
-                     "FORCE=1 (patches made from the old one will no longer match)")
-    _write(dest, manifest, root)
+    sources = _release_files(programs)
+    manifest = _manifest(version, programs, sources, compiler, ccflags, linkflags)
+    if _is_empty(dest):
+        _write(dest, sources, manifest)
+        return Snapshot.load(dest)
+    problems = _compare(dest, manifest)
+    if not problems:
+        return Snapshot.load(dest)
+    if not force:
+        raise BuildError(f"release {version} already exists in {dest} and differs: "
+                         + "; ".join(problems),
+                         hint="a release is immutable: build the change as a new VERSION, or "
+                              "add FORCE=1 to replace it (patches made from it become stale)")
+    _write(dest, sources, manifest)
     return Snapshot.load(dest)
 
 
-def _collect(programs: dict[str, ProgramSpec]) -> tuple[Path, dict[str, Path]]:
-    """The release root and every file to store, keyed by its path relative to the root."""
+def _release_files(programs: Mapping[str, ProgramSpec]) -> dict[str, Path]:
+    """Every file of the release: path relative to the release root -> where it is now."""
+    if not programs:
+        raise BuildError("nothing to snapshot: no program was built with the katana tool",
+                         hint="build programs with env.Program() in an environment that loads "
+                              "the katana tool")
     paths = []
-    for name, (linked, kind, objects) in programs.items():
+    for name, (exe, kind, objects) in programs.items():
         if kind not in KINDS:
-            raise BuildError(f"{name}: unknown kind '{kind}' (expected one of {', '.join(KINDS)})")
-        paths += [Path(linked).absolute(), *(Path(o).absolute() for o in objects)]
-    for path in paths:
-        if not path.is_file():
-            raise BuildError(f"{path}: missing; build it before making the release")
+            raise BuildError(f"program {name}: unknown kind {kind!r} (expected one of {KINDS})")
+        paths += [Path(exe).absolute(), *(Path(o).absolute() for o in objects)]
     root = Path(os.path.commonpath([p.parent for p in paths]))
-    return root, {p.relative_to(root).as_posix(): p for p in paths}
+    return {p.relative_to(root).as_posix(): p for p in paths}
 
 
-def _manifest(version: str, programs: dict[str, ProgramSpec], root: Path, files: dict[str, Path],
+def _manifest(version: str, programs: Mapping[str, ProgramSpec], sources: dict[str, Path],
               compiler: str, ccflags: list[str], linkflags: list[str]) -> dict[str, Any]:
-    hashes = {rel: file_sha256(path) for rel, path in sorted(files.items())}
+    by_path = {path: rel for rel, path in sources.items()}
+    files = {}
+    for rel, path in sources.items():
+        try:
+            files[rel] = sha256_file(path)
+        except OSError as e:
+            raise BuildError(f"cannot read {path}: {e.strerror}",
+                             hint="build the programs first") from e
     entries = {}
-    for name, (linked, kind, objects) in sorted(programs.items()):
-        rel = Path(linked).absolute().relative_to(root).as_posix()
-        build_id = read_build_id(linked)
+    for name, (exe, kind, objects) in programs.items():
+        exe_rel = by_path[Path(exe).absolute()]
+        build_id = read_build_id(exe)
         if build_id is None:
-            raise BuildError(f"{linked}: has no GNU build-id, so a patch could not recognise it",
+            raise BuildError(f"{exe} has no GNU build-id, so a patch could not be tied to it",
                              hint="link with -Wl,--build-id=sha1 (the katana tool adds it)")
-        entries[name] = {
-            "path": rel, "kind": kind, "build_id": build_id, "sha256": hashes[rel],
-            "objects": [Path(o).absolute().relative_to(root).as_posix() for o in objects],
-        }
-    return {"format": FORMAT, "version": version, "compiler": compiler, "ccflags": list(ccflags),
-            "linkflags": list(linkflags), "programs": entries, "files": hashes}
+        entries[name] = {"path": exe_rel, "kind": kind, "build_id": build_id,
+                         "sha256": files[exe_rel],
+                         "objects": [by_path[Path(o).absolute()] for o in objects]}
+    return {"format": FORMAT, "version": version, "compiler": compiler,
+            "ccflags": list(ccflags), "linkflags": list(linkflags),
+            "programs": entries, "files": files}
 
 
-def _differences(dest: Path, manifest: dict[str, Any]) -> list[str]:
-    """What differs between the snapshot in ``dest`` and ``manifest`` (empty: nothing)."""
+def _is_empty(dest: Path) -> bool:
+    # SCons creates a target's directory before running its action, so an empty one is new.
+    return not dest.exists() or (dest.is_dir() and not any(dest.iterdir()))
+
+
+def _compare(dest: Path, manifest: dict[str, Any]) -> list[str]:
+    """What differs between the snapshot in ``dest`` and ``manifest``; [] if they are the same."""
     try:
         old = Snapshot.load(dest)
-    except (BuildError, FormatError):
-        return [MANIFEST]
+    except (BuildError, FormatError) as e:
+        return [f"it is not a valid snapshot ({e})"]
+    problems = []
     old_files, new_files = old.files(), manifest["files"]
-    differ = sorted(rel for rel in old_files.keys() | new_files.keys()
-                    if old_files.get(rel) != new_files.get(rel))
-    differ += [rel for rel in old.verify() if rel not in differ]
-    rest = {k: v for k, v in old.manifest.items() if k != "files"}
-    if not differ and rest != {k: v for k, v in manifest.items() if k != "files"}:
-        differ.append(MANIFEST)
-    return differ
+    changed = sorted(r for r in new_files if r in old_files and old_files[r] != new_files[r])
+    added = sorted(set(new_files) - set(old_files))
+    removed = sorted(set(old_files) - set(new_files))
+    for label, names in (("changed", changed), ("new", added), ("gone", removed)):
+        if names:
+            problems.append(f"{label}: {', '.join(names)}")
+    for key in ("compiler", "ccflags", "linkflags", "programs"):
+        if not problems and old.manifest.get(key) != manifest[key]:
+            problems.append(f"its {key} differ")
+    tampered = old.verify()
+    if tampered:
+        problems.append(f"modified after it was made: {', '.join(tampered)}")
+    return problems
 
 
-def _write(dest: Path, manifest: dict[str, Any], root: Path) -> None:
-    # Build the snapshot beside its destination and rename it into place, so that an interrupted
-    # release never leaves a half-written snapshot that a later patch would trust.
+def _write(dest: Path, sources: dict[str, Path], manifest: dict[str, Any]) -> None:
+    """Write the snapshot beside ``dest``, then swap it in: a crash leaves no half snapshot."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        executables = {entry["path"] for entry in manifest["programs"].values()}
-        for rel in manifest["files"]:
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(root / rel, target)
-            target.chmod(0o755 if rel in executables else 0o644)
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        (tmp / MANIFEST).write_text(text)
-        tmp.chmod(0o755)
-        _replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace(new: Path, dest: Path) -> None:
-    if not dest.exists():
-        new.rename(dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-    old.rmdir()
-    dest.rename(old)
-    new.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    fresh = dest.with_name(f".{dest.name}.new")
+    stale = dest.with_name(f".{dest.name}.old")
+    for leftover in (fresh, stale):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    fresh.mkdir()
+    for rel, src in sources.items():
+        (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, fresh / rel)
+        shutil.copymode(src, fresh / rel)
+    # written last: a directory with a manifest is a complete snapshot
+    (fresh / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if dest.exists():
+        dest.rename(stale)
+    fresh.rename(dest)
+    if stale.exists():
+        shutil.rmtree(stale)
 
 
 def _validate(manifest: Any, where: Path) -> None:
-    """Check the manifest's shape, so that accessors never meet a KeyError or a TypeError."""
-    def fail(what: str) -> None:
-        raise FormatError(f"{where}: {what}", hint="make the release again (FORCE=1)")
+    """Check the manifest's shape, so that readers never meet a KeyError or a path outside."""
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            raise FormatError(f"{where}: {what}")
 
-    if not isinstance(manifest, dict):
-        fail("not a JSON object")
-    if manifest.get("format") != FORMAT:
-        fail(f"unknown format {manifest.get('format')!r} (this Katana reads format {FORMAT})")
-    for key, kind in (("version", str), ("compiler", str), ("ccflags", list),
-                      ("linkflags", list), ("programs", dict), ("files", dict)):
-        if not isinstance(manifest.get(key), kind):
-            fail(f"'{key}' is missing or not a {kind.__name__}")
-    files = manifest["files"]
-    if not all(isinstance(k, str) and isinstance(v, str) and _is_inside(k) for k, v in
-               files.items()):
-        fail("'files' must map relative paths inside the snapshot to SHA-256 strings")
-    for name, entry in manifest["programs"].items():
-        _validate_program(name, entry, files, fail)
-
-
-def _validate_program(name: str, entry: Any, files: dict[str, str], fail: Any) -> None:
-    if not isinstance(entry, dict):
-        fail(f"program '{name}' is not a JSON object")
-    for key, kind in (("path", str), ("kind", str), ("build_id", str), ("sha256", str),
-                      ("objects", list)):
-        if not isinstance(entry.get(key), kind):
-            fail(f"program '{name}': '{key}' is missing or not a {kind.__name__}")
-    for rel in [entry["path"], *entry["objects"]]:
-        if not isinstance(rel, str) or rel not in files:
-            fail(f"program '{name}': {rel!r} is not one of the snapshot's files")
+    check(isinstance(manifest, dict), "the manifest is not a JSON object")
+    check(manifest.get("format") == FORMAT,
+          f"unsupported manifest format {manifest.get('format')!r} (this katana reads {FORMAT})")
+    for key in ("version", "compiler"):
+        check(isinstance(manifest.get(key), str), f"'{key}' is missing or not a string")
+    for key in ("ccflags", "linkflags"):
+        value = manifest.get(key)
+        check(isinstance(value, list) and all(isinstance(f, str) for f in value),
+              f"'{key}' is missing or not a list of strings")
+    files = manifest.get("files")
+    check(isinstance(files, dict), "'files' is missing or not an object")
+    for rel, digest in files.items():
+        check(_safe_relpath(rel), f"file path {rel!r} is not a relative path inside the release")
+        check(isinstance(digest, str) and len(digest) == 64 and bool(_HEX.match(digest)),
+              f"file {rel}: sha256 is not 64 hex digits")
+    programs = manifest.get("programs")
+    check(isinstance(programs, dict) and bool(programs), "'programs' is missing or empty")
+    for name, entry in programs.items():
+        _validate_program(name, entry, files, check)
 
 
-def _is_inside(rel: str) -> bool:
-    path = Path(rel)
-    return bool(rel) and not path.is_absolute() and ".." not in path.parts and rel != MANIFEST
+def _validate_program(name: str, entry: Any, files: dict[str, str], check: Any) -> None:
+    check(isinstance(entry, dict), f"program {name}: not an object")
+    check(entry.get("path") in files, f"program {name}: 'path' is not one of the files")
+    check(entry.get("kind") in KINDS, f"program {name}: 'kind' is not one of {KINDS}")
+    build_id = entry.get("build_id")
+    check(isinstance(build_id, str) and bool(_HEX.match(build_id)),
+          f"program {name}: 'build_id' is not hex")
+    check(entry.get("sha256") == files.get(entry.get("path")),
+          f"program {name}: 'sha256' disagrees with 'files'")
+    objects = entry.get("objects")
+    check(isinstance(objects, list) and all(o in files for o in objects),
+          f"program {name}: 'objects' is not a list of the files")
+
+
+def _safe_relpath(rel: Any) -> bool:
+    if not isinstance(rel, str) or not rel:
+        return False
+    posix = PurePosixPath(rel)
+    return not posix.is_absolute() and ".." not in posix.parts and rel != MANIFEST

@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -264,9 +265,9 @@ def test_bytes_do_not_depend_on_hash_seed(rich_bytes, rich_object):
     )
     digests = set()
     for seed in ("1", "2"):
-        res = subprocess.run([sys.executable, "-c", script, str(__import__("pathlib").Path(
-            __file__).parent), str(rich_object)], capture_output=True, text=True, timeout=60,
-            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}, check=True)
+        res = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent),
+                              str(rich_object)], capture_output=True, text=True, timeout=60,
+                             env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}, check=True)
         digests.add(res.stdout.strip())
     assert digests == {hashlib.sha256(rich_bytes).hexdigest()}
 
@@ -332,7 +333,7 @@ READER_CHECKS = {
         Reloc(0, RELOC_BY_NAME["R_X86_64_JUMP_SLOT"], 0, 0)), "dynamic relocation"),
     "symbol outside its section": (lambda po: setattr(po.symbols[-1], "value", 1 << 20),
                                    "lies outside its section"),
-    "old_code": (lambda po: None, None),  # the undamaged model reads fine
+    "undamaged": (lambda po: None, None),  # the control: laid out unchanged, it reads back
     "version": (lambda po: setattr(po.meta, "format_version", 2), "newer than this katana"),
     "type cycle": (lambda po: po.meta.types["int[4]"].ops.append(
         FieldOp("array", 0, 0, type="int[4]", count=0)), "contains itself"),

@@ -8,13 +8,14 @@ object); ``plan_transform`` compares an old and a new type and plans the field-b
 from __future__ import annotations
 
 from katana.dwarf.reader import ObjectDwarf, Variable, clear_cache, load, variable_type
-from katana.dwarf.transform import plan_transform, same_layout
+from katana.dwarf.transform import TransformPlanner, plan_transform, same_layout
 from katana.dwarf.types import CType, Member
 
 __all__ = [
     "CType",
     "Member",
     "ObjectDwarf",
+    "TransformPlanner",
     "Variable",
     "clear_cache",
     "load",

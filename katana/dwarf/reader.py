@@ -14,10 +14,11 @@ import io
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError, ELFParseError
+from elftools.common.exceptions import DWARFError, ELFError, ELFParseError
 from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.elf.elffile import ELFFile
@@ -63,7 +64,7 @@ class ObjectDwarf:
             # is referenced from its callers' code, and a caller may be all the generator knows
             self._inlined: dict[str, set[str]] = {}
             self._variables = list(self._walk())
-        except (ELFError, ELFParseError) as exc:
+        except (ELFError, ELFParseError, DWARFError) as exc:
             raise FormatError(f"{self.path}: damaged ELF or DWARF: {exc}") from exc
         self._types = TypeBuilder()
         self._by_symbol = {v.symbol: v for v in self._variables if v.symbol}
@@ -103,11 +104,12 @@ class ObjectDwarf:
                 found[reloc["r_offset"]] = name
         return found
 
-    def _walk(self):  # -> Iterator[Variable]
+    def _walk(self) -> Iterator[Variable]:
         for cu in self._dwarf.iter_CUs():
             yield from self._walk_die(cu.get_top_DIE(), None, None)
 
-    def _walk_die(self, die: DIE, function: str | None, inlined: set[str] | None):
+    def _walk_die(self, die: DIE, function: str | None,
+                  inlined: set[str] | None) -> Iterator[Variable]:
         for child in die.iter_children():
             if child.tag == "DW_TAG_variable":
                 var = self._variable(child, function)
@@ -146,7 +148,7 @@ class ObjectDwarf:
             attr.form, _uleb_size(len(attr.value)))
         return self._addr_symbols.get(attr.offset + length_size + 1)
 
-    def iter_variables(self):  # -> Iterator[Variable]
+    def iter_variables(self) -> Iterator[Variable]:
         """Every variable with static storage this object declares or defines."""
         return iter(self._variables)
 

@@ -37,11 +37,10 @@ def plan_transform(old: CType, new: CType, scope: str,
     transform needed, keyed "<scope>:<type>" ("store.o:struct entry"): ``scope``, the object's
     path, keeps same-named types of different objects apart. ``variable`` names the variable in
     errors. Raises GenerateError for a change that cannot be carried out field by field.
+    To plan several variables of one object, one ``TransformPlanner`` keeps their keys coherent.
     """
-    planner = _Planner(scope, variable or "?")
-    if planner.layout.same(old, new):
-        return None, {}
-    return planner.transform(old, new, variable or "value"), planner.types
+    planner = TransformPlanner(scope)
+    return planner.plan(old, new, variable), planner.types
 
 
 def same_layout(old: CType, new: CType) -> bool:
@@ -49,14 +48,36 @@ def same_layout(old: CType, new: CType) -> bool:
     return LayoutComparer().same(old, new)
 
 
-class _Planner:
-    def __init__(self, scope: str, variable: str) -> None:
+class TransformPlanner:
+    """Plans the transforms of the variables of one object, into one ``types`` dict.
+
+    A type pair reached from several variables is planned once and has one key; two different
+    types with the same name (a struct tag declared again in a block) get "#2", "#3" keys.
+    """
+
+    def __init__(self, scope: str) -> None:
         self.scope = scope
-        self.variable = variable
+        self.variable = "?"
         self.layout = LayoutComparer()
         self.types: dict[str, TypeTransform] = {}
         self._keys: dict[tuple[int, int], str] = {}
         self._pairs: list[tuple[CType, CType]] = []  # keeps the ids in _keys unique
+
+    def plan(self, old: CType, new: CType, variable: str | None = None) -> str | None:
+        """The key of the root transform for a variable, None when its layout is unchanged.
+
+        On GenerateError, nothing this call planned stays in ``types``.
+        """
+        if self.layout.same(old, new):
+            return None
+        self.variable = variable or "?"
+        types, keys, pairs = dict(self.types), dict(self._keys), len(self._pairs)
+        try:
+            return self.transform(old, new, variable or "value")
+        except GenerateError:
+            self.types, self._keys = types, keys
+            del self._pairs[pairs:]
+            raise
 
     def transform(self, old: CType, new: CType, path: str) -> str:
         """The key of the transform for the pair, planned once (a pair can reach itself)."""
@@ -190,6 +211,8 @@ def _merge_copies(ops: list[FieldOp], old: CType, new: CType) -> list[FieldOp]:
     """Adjacent copies as one: where only padding lies between, in the old and the new layout."""
     merged: list[FieldOp] = []
     for op in ops:
+        if op.kind == "copy" and op.size == 0:
+            continue  # a flexible array member: nothing of it is inside the value
         prev = merged[-1] if merged else None
         if (prev is not None and prev.kind == op.kind == "copy"
                 and op.src - prev.src == op.dst - prev.dst

@@ -130,7 +130,8 @@ class CType:
             while t.kind == "array" and t.target is not None:
                 dims.append("[]" if t.count is None else f"[{t.count}]")
                 t = t.target
-            return f"{t.spelling()} {''.join(dims)}"
+            element = t.spelling()
+            return f"{element}{'' if element.endswith('*') else ' '}{''.join(dims)}"
         if self.kind == "function":
             return "function"
         if self.name:

@@ -104,6 +104,16 @@ class Executable:
             return self.functions[i]
         return None
 
+    def room(self, function: ExeSymbol) -> int:
+        """Bytes from a function's entry to the next function: its size plus the alignment
+        padding after it, which is never executed and may hold the end of a jump."""
+        import bisect
+
+        starts = [f.address for f in self.functions]
+        i = bisect.bisect_right(starts, function.address)
+        nxt = next((a for a in starts[i:] if a > function.address), None)
+        return function.size if nxt is None else max(function.size, nxt - function.address)
+
     def read(self, vaddr: int, size: int) -> bytes:
         """Bytes of the file image at a link-time address (zeros past a segment's file size)."""
         if self._data is None:

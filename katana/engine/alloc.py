@@ -13,8 +13,8 @@ from __future__ import annotations
 import errno
 
 from katana.engine import inject, procfs
-from katana.engine.procfs import PAGE_SIZE, Mapping
 from katana.engine.process import Process
+from katana.engine.procfs import PAGE_SIZE, Mapping
 from katana.errors import ApplyError
 
 REACH = 2**31  # the span of a signed 32-bit displacement

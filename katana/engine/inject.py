@@ -57,16 +57,21 @@ def _u64(value: int) -> int:
     return value & 0xFFFF_FFFF_FFFF_FFFF
 
 
-def find_code(process: Process, pattern: bytes) -> int | None:
-    """Address of ``pattern`` in executable memory we never patch: the vdso, then libraries.
+def find_code(process: Process, pattern: bytes, library: str | None = None) -> int | None:
+    """Address of ``pattern`` in executable memory we never patch: the vdso, then libraries
+    (only those whose file name starts with ``library``, when given).
 
     The executable's own text is left out: the apply side writes jumps over it, and a gadget
     found there could be overwritten under us.
     """
     maps = process.maps()
     exe = set(procfs.exe_mappings(process.pid, maps))
-    candidates = [m for m in maps if m.path == "[vdso]"]
-    candidates += [m for m in maps if m.path.startswith("/") and m not in exe]
+    candidates = [m for m in maps if m.path == "[vdso]" and library is None]
+    candidates += [
+        m for m in maps
+        if m.path.startswith("/") and m not in exe
+        and (library is None or os.path.basename(m.path).startswith(library))
+    ]
     for m in candidates:
         if m.executable and m.readable:
             found = _search(process, m, pattern)
@@ -158,7 +163,9 @@ def munmap(process: Process, addr: int, length: int, *, tid: int | None = None) 
     _check(syscall(process, SYS_munmap, addr, length, tid=tid), "munmap", process.pid)
 
 
-def mprotect(process: Process, addr: int, length: int, prot: int, *, tid: int | None = None) -> None:
+def mprotect(
+    process: Process, addr: int, length: int, prot: int, *, tid: int | None = None
+) -> None:
     """mprotect(2) in the target."""
     _check(syscall(process, SYS_mprotect, addr, length, prot, tid=tid), "mprotect", process.pid)
 

@@ -51,7 +51,7 @@ class Record:
     po_sha256: str
     region: tuple[int, int]
     applied_at: float
-    functions: dict[str, int] = field(default_factory=dict)  # key(name, file) -> new address
+    functions: dict[str, list[int]] = field(default_factory=dict)  # key -> [address, size]
     symbols: dict[str, int] = field(default_factory=dict)  # TO identities -> address
     sites: list[Site] = field(default_factory=list)  # redirects and re-pointed references
     variables: list[dict] = field(default_factory=list)

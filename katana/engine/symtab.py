@@ -58,7 +58,9 @@ class ElfSymbol:
 
 
 def _file_matches(owner: str | None, file: str) -> bool:
-    return owner is not None and (owner == file or os.path.basename(owner) == os.path.basename(file))
+    if owner is None:
+        return False
+    return owner == file or os.path.basename(owner) == os.path.basename(file)
 
 
 class ExecutableSymbols:

@@ -28,9 +28,9 @@ def _referencing_functions(pair: ObjectPair, old_var: ObjSymbol) -> list[ObjSymb
     return users
 
 
-def _transform(pair: ObjectPair, var: ObjSymbol, old: ObjSymbol) -> tuple[str | None, dict]:
-    """(root transform key or None when the layout is the same, every transform needed)."""
-    from katana.dwarf import plan_transform, variable_type
+def _transform(pair: ObjectPair, var: ObjSymbol, old: ObjSymbol, planner) -> str | None:
+    """The root transform key, or None when the layout is the same (transforms go to planner)."""
+    from katana.dwarf import variable_type
 
     assert pair.old is not None
     old_type = variable_type(pair.old.path, old.name)
@@ -41,26 +41,28 @@ def _transform(pair: ObjectPair, var: ObjSymbol, old: ObjSymbol) -> tuple[str | 
                 f"{pair.relpath}: variable {var.name} changed size ({old.size} -> {var.size}) "
                 "but its type is not in the debug information",
                 hint="build with -g (the katana SCons tool does)")
-        return None, {}
-    return plan_transform(old_type, new_type, pair.relpath)
+        return None
+    return planner.plan(old_type, new_type, variable=var.name)
 
 
 def plan_variables(closure: Closure, meta: Meta) -> list[VariablePatch]:
     """Transformed and kept variables; seeds the closure with the new storage of the former."""
+    from katana.dwarf import TransformPlanner
+
     result: list[VariablePatch] = []
     for pair in closure.diff.pairs:
         if pair.old is None:
             continue
+        planner = TransformPlanner(pair.relpath)
         for var in pair.new.variables():
             old = pair.partner.get(var.index)
             if old is None or pair.new.sections[var.shndx].kind == "rodata":
                 continue
-            root, transforms = _transform(pair, var, old)
+            root = _transform(pair, var, old, planner)
             file = pair.new.file_name if var.local else None
             old_name = old.name if old.name != var.name else None
             if root is not None:
                 closure.added_vars.add((pair.relpath, var.index))
-                meta.types.update(transforms)
                 result.append(VariablePatch(
                     var.name, pair.relpath, "transformed", closure.defined(pair, var), old.size,
                     var.size, root, var.local, file, old_name))
@@ -73,6 +75,7 @@ def plan_variables(closure: Closure, meta: Meta) -> list[VariablePatch]:
                 meta.warnings.append(
                     f"{pair.relpath}: the initial value of {var.name} changed in {meta.to_label}; "
                     "the running process keeps its live value")
+        meta.types.update(planner.types)
     return result
 
 

@@ -9,6 +9,7 @@ type hints. The ELF constants and the relocation table here are shared with the 
 
 from __future__ import annotations
 
+import functools
 import json
 import reprlib
 import struct
@@ -432,26 +433,25 @@ class _MetaDecoder:
         return self.error(f"{META_SECTION} {path or 'top level'}: {message}")
 
     def value(self, hint: typing.Any, value: object, path: str) -> typing.Any:
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if origin in (UnionType, typing.Union):
-            if value is None and NoneType in args:
-                return None
-            (inner,) = (a for a in args if a is not NoneType)
-            return self.value(inner, value, path)
-        if origin is typing.Literal:
-            if not isinstance(value, str) or value not in args:
-                raise self.fail(path, f"expected one of {', '.join(args)}, got {_show(value)}")
+        shape, arg = _shape(hint)
+        if shape == "optional":
+            return None if value is None else self.value(arg, value, path)
+        if shape == "literal":
+            if not isinstance(value, str) or value not in arg:
+                raise self.fail(path, f"expected one of {', '.join(arg)}, got {_show(value)}")
             return value
-        if origin is list:
-            self.expect(isinstance(value, list), path, "a list", value)
-            return [self.value(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if origin is dict:
-            self.expect(isinstance(value, dict), path, "an object", value)
-            return {k: self.value(args[1], v, f"{path}[{k!r}]") for k, v in value.items()}
-        if hint is bytes:
+        if shape == "list":
+            if not isinstance(value, list):
+                raise self.fail(path, f"expected a list, got {_show(value)}")
+            return [self.value(arg, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if shape == "dict":
+            if not isinstance(value, dict):
+                raise self.fail(path, f"expected an object, got {_show(value)}")
+            return {k: self.value(arg, v, f"{path}[{k!r}]") for k, v in value.items()}
+        if shape == "bytes":
             return self.bytes(value, path)
-        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-            return self.object(hint, value, path)
+        if shape == "object":
+            return self.object(hint, arg, value, path)
         return self.scalar(hint, value, path)
 
     def scalar(self, hint: type, value: object, path: str) -> object:
@@ -470,9 +470,8 @@ class _MetaDecoder:
             raise TypeError(f"no JSON mapping for {hint!r} at {path}")  # a bug in Katana
         return value
 
-    def object(self, cls: type, value: object, path: str) -> object:
+    def object(self, cls: type, hints: dict[str, typing.Any], value: object, path: str) -> object:
         self.expect(isinstance(value, dict), path, "an object", value)
-        hints = _hints(cls)
         missing = [k for k in hints if k not in value]  # type: ignore[operator]
         unknown = [k for k in value if k not in hints]  # type: ignore[union-attr]
         if missing or unknown:
@@ -498,13 +497,24 @@ class _BytesRef:
     size: int
 
 
-_HINTS: dict[type, dict[str, typing.Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, typing.Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+@functools.cache
+def _shape(hint: typing.Any) -> tuple[str, typing.Any]:
+    """How a type hint of the model maps to JSON, worked out once per hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (UnionType, typing.Union):  # the model's unions are all "X | None"
+        (inner,) = (a for a in args if a is not NoneType)
+        return "optional", inner
+    if origin is typing.Literal:
+        return "literal", args
+    if origin is list:
+        return "list", args[0]
+    if origin is dict:
+        return "dict", args[1]
+    if hint is bytes:
+        return "bytes", None
+    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+        return "object", typing.get_type_hints(hint)
+    return "scalar", None
 
 
 def _show(value: object) -> str:
@@ -572,7 +582,8 @@ def _check_no_cycle(types: dict[str, TypeTransform], error: _Fail) -> None:
         on_path = {root}
         while stack:
             key, ops = stack[-1]
-            op = next((o for o in ops if o.kind in ("struct", "array") and o.type is not None), None)
+            op = next((o for o in ops if o.kind in ("struct", "array") and o.type is not None),
+                      None)
             if op is None:
                 done.add(key)
                 on_path.discard(key)
@@ -596,26 +607,30 @@ def read_po(data: bytes, name: str = "<bytes>") -> PatchObject:
     meta, extras = _MetaDecoder(oldcode, elf.error).decode(obj)
     elf.check(sorted(x.elf for x in extras) == list(range(1, len(raw_symbols))),
               "metadata symbols do not list every ELF symbol exactly once")
-    model_of = {x.elf: i for i, x in enumerate(extras)}
     section_of = {sh.index: i for i, sh in enumerate(content)}
-    symbols = []
-    for x in extras:
-        raw = raw_symbols[x.elf]
-        defined = raw.shndx != SHN_UNDEF
-        local_bind = raw.kind == "section" or (defined and x.local)
-        elf.check(raw.bind == (STB_LOCAL if local_bind else STB_GLOBAL),
-                  f"symbol {x.elf} ({raw.name}) has a binding its metadata contradicts")
-        symbols.append(Symbol(raw.name, raw.kind, section_of.get(raw.shndx), raw.value,  # type: ignore[arg-type]
-                              raw.size, x.local, x.file, x.new_name))
+    symbols = [_model_symbol(elf, raw_symbols[x.elf], x, section_of) for x in extras]
+    model_of = {x.elf: i for i, x in enumerate(extras)}
     sections = []
     for sh in content:
-        data_ = b"" if sh.type == SHT_NOBITS else elf.contents(sh)
-        sections.append(Section(sh.name, KIND_BY_FLAGS[(sh.type, sh.flags)], data_, sh.size,
-                                sh.addralign, [Reloc(off, t, model_of[s], a)
-                                               for off, t, s, a in relocs.get(sh.index, [])]))
+        sections.append(Section(
+            sh.name, KIND_BY_FLAGS[(sh.type, sh.flags)],
+            b"" if sh.type == SHT_NOBITS else elf.contents(sh), sh.size, sh.addralign,
+            [Reloc(off, t, model_of[s], a) for off, t, s, a in relocs.get(sh.index, [])]))
     po = PatchObject(meta, sections, symbols)
     _check_meta(po, elf.error)
     return po
+
+
+def _model_symbol(elf: _Elf, raw: _RawSymbol, extra: SymbolExtra, section_of: dict[int, int]
+                  ) -> Symbol:
+    """The model symbol of an ELF symbol and its metadata, checking that their bindings agree
+    (the writer's rule: see _binding in writer.py and docs/po-format.md, section 4)."""
+    defined = raw.shndx != SHN_UNDEF
+    local_bind = raw.kind == "section" or (defined and extra.local)
+    elf.check(raw.bind == (STB_LOCAL if local_bind else STB_GLOBAL),
+              f"symbol {extra.elf} ({raw.name}) has a binding its metadata contradicts")
+    return Symbol(raw.name, raw.kind, section_of.get(raw.shndx), raw.value,  # type: ignore[arg-type]
+                  raw.size, extra.local, extra.file, extra.new_name)
 
 
 def load_po(path: str | Path) -> PatchObject:

@@ -1,10 +1,10 @@
-/* body-change: compute() returns something else in v1; the counter in main keeps counting. */
+/* body-change: compute() returns something else in v1; the tick count in main goes on. */
 #include <stdio.h>
 #include <unistd.h>
 
 int __attribute__((noinline)) compute(int x)
 {
-    return x * 2;
+    return x % 7 == 0 ? 7 : x * 2;
 }
 
 int main(void)

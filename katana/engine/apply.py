@@ -1,0 +1,297 @@
+"""``katana apply``: load a Patch Object into a running process and switch it to the new code.
+
+Phases: *verify* (PO readable, build-id of what runs equals the PO's FROM), *prepare* (resolve
+what the patch uses, plan the layout and the redirects: all before the target is stopped),
+*stop* at a safe point (no thread in a function the patch replaces), *commit* (map, load, link,
+transfer state, redirect, record), *resume*. Any failure during commit undoes every write and
+unmaps the region, so the process carries on exactly as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from katana.elf.buildid import read_build_id
+from katana.elf.executable import Executable, open_executable
+from katana.engine import alloc, inject, procfs
+from katana.engine.loader import Layout, link, plan_layout
+from katana.engine.process import Process
+from katana.engine.record import Record, Site, key, read_records
+from katana.errors import ApplyError, KatanaError, MismatchError
+from katana.po import load_po
+from katana.po.model import PatchObject, Symbol
+
+JMP_REL32 = 0xE9
+JMP_SIZE = 5
+RECORD_RESERVE = 64 * 1024  # the record is written last, into the region's first pages
+
+
+@dataclass
+class Redirect:
+    name: str
+    address: int  # entry of a function that the patch supersedes
+    expected: bytes  # what must be there now (verified while stopped)
+    target: int = 0  # where the new code lands (known once mapped)
+
+
+@dataclass
+class Plan:
+    """Everything decided before the target is stopped."""
+
+    pid: int
+    po: PatchObject
+    po_sha256: str
+    records: list[Record]
+    exe: Executable
+    bias: int
+    externals: dict[int, int] = field(default_factory=dict)  # PO symbol -> address
+    far: set[int] = field(default_factory=set)  # externals that need an absolute stub
+    layout: Layout | None = None
+    redirects: list[Redirect] = field(default_factory=list)
+    safety: list[tuple[int, int, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
+    """The PO and the process belong together: same build, patch not applied yet."""
+    raw = Path(po_path).read_bytes() if Path(po_path).is_file() else None
+    po = load_po(po_path)
+    procfs.check_process(pid)
+    records = read_records(pid)
+    running = records[-1].to_build_id if records else read_build_id(f"/proc/{pid}/exe")
+    if po.meta.from_build_id != running:
+        what = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
+            procfs.exe_path(pid)
+        raise MismatchError(
+            f"process {pid} runs build-id {running} ({what}), but the patch is for "
+            f"{po.meta.program} {po.meta.from_label}, build-id {po.meta.from_build_id}",
+            hint="make the patch from the release this process runs (katana status shows it)")
+    sha = hashlib.sha256(raw or b"").hexdigest()
+    return po, sha, records
+
+
+def _lookup_existing(plan: Plan, name: str, file: str | None) -> int | None:
+    """Address of a function or variable of the running program, newest version first."""
+    k = key(name, file)
+    for record in reversed(plan.records):
+        if k in record.symbols:
+            return record.symbols[k]
+    sym = plan.exe.lookup(name, file)
+    return None if sym is None else sym.address + plan.bias
+
+
+def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
+    """Resolve symbols of the program; return those left for the shared libraries."""
+    from katana.engine.symbols import ProcessSymbols
+
+    libs = []
+    for i, sym in enumerate(plan.po.symbols):
+        if sym.section is not None:
+            continue
+        address = _lookup_existing(plan, sym.name, sym.file if sym.local else None)
+        if address is not None:
+            plan.externals[i] = address
+        elif sym.local:
+            raise ApplyError(f"the patch refers to {sym.name} of {sym.file}, which the running "
+                             "program does not have", hint="was the PO made for this program?")
+        else:
+            libs.append((i, sym))
+    if libs:
+        symbols = ProcessSymbols(plan.pid)
+        for i, sym in libs:
+            if not _exported(symbols, sym.name):
+                raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
+                                 "nor in any library it has loaded")
+            plan.far.add(i)
+    return libs
+
+
+def _exported(symbols, name: str) -> bool:
+    """Whether a loaded library exports ``name`` (without resolving an IFUNC, which needs the
+    process stopped: that happens at commit)."""
+    from katana.engine.dynsym import library_symbols
+
+    return any(library_symbols(lib.path).find(name) is not None for lib in symbols.libraries())
+
+
+def _plan_redirects(plan: Plan) -> None:
+    sites = {s.address: s for r in plan.records for s in r.sites}
+    for f in plan.po.meta.functions:
+        if f.status != "changed":
+            continue
+        name, file = f.old_name or f.name, f.file if f.local else None
+        exe_sym = plan.exe.lookup(name, file)
+        if exe_sym is not None:
+            if plan.exe.room(exe_sym) < JMP_SIZE:
+                raise ApplyError(f"{name} is {exe_sym.size} bytes long, too short for a jump",
+                                 hint="build with the katana SCons tool's flags")
+            address = exe_sym.address + plan.bias
+            expected = sites[address].new if address in sites else f.old_code
+            plan.redirects.append(Redirect(name, address, expected))
+        for record in plan.records:  # earlier patches' copies jump on to the newest
+            if key(name, file) in record.functions:
+                address = record.functions[key(name, file)][0]
+                current = sites[address].new[:JMP_SIZE] if address in sites else b""
+                plan.redirects.append(Redirect(name, address, current))
+
+
+def _plan_safety(plan: Plan) -> None:
+    for ref in plan.po.meta.safety:
+        file = ref.file if ref.local else None
+        sym = plan.exe.lookup(ref.name, file)
+        if sym is not None:
+            plan.safety.append((sym.address + plan.bias, sym.address + plan.bias + sym.size,
+                                ref.name))
+        for record in plan.records:
+            hit = record.functions.get(key(ref.name, file))
+            if hit is not None:
+                plan.safety.append((hit[0], hit[0] + hit[1], ref.name))
+
+
+def prepare(po_path: Path, pid: int) -> Plan:
+    """Verify and plan; nothing is stopped or written yet."""
+    started = time.monotonic()
+    po, sha, records = verify(po_path, pid)
+    exe = open_executable(f"/proc/{pid}/exe")
+    bias = procfs.load_bias(pid) if exe.pie else 0
+    plan = Plan(pid, po, sha, records, exe, bias)
+    _resolve_externals(plan)
+    plan.layout = plan_layout(po, RECORD_RESERVE, plan.far)
+    _plan_redirects(plan)
+    _plan_safety(plan)
+    plan.timings["prepare"] = time.monotonic() - started
+    return plan
+
+
+def _new_address(plan: Plan, base: int, index: int) -> int:
+    sym = plan.po.symbols[index]
+    assert plan.layout is not None and sym.section is not None
+    return base + plan.layout.offsets[sym.section] + sym.value
+
+
+def _record(plan: Plan, base: int, sites: list[Site]) -> Record:
+    m = plan.po.meta
+    assert plan.layout is not None
+    rec = Record(m.program, m.from_label, m.to_label, m.from_build_id, m.to_build_id,
+                 plan.po_sha256, (base, plan.layout.size), time.time())
+    for f in m.functions:
+        rec.functions[key(f.name, f.file if f.local else None)] = [
+            _new_address(plan, base, f.symbol), f.new_size]
+    for i, sym in enumerate(plan.po.symbols):
+        if sym.kind in ("func", "object") and sym.section is not None:
+            rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
+                _new_address(plan, base, i)
+        elif sym.section is None and i in plan.externals:
+            name = sym.new_name or sym.name
+            rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
+    rec.sites = sites
+    rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
+    rec.revertible = not any(v.status == "transformed" for v in m.variables)
+    return rec
+
+
+class Commit:
+    """The writes of one apply, undone in reverse order if anything fails."""
+
+    def __init__(self, plan: Plan, proc: Process) -> None:
+        self.plan = plan
+        self.proc = proc
+        self.base = 0
+        self.sites: list[Site] = []
+
+    def run(self) -> Record:
+        plan, proc = self.plan, self.proc
+        assert plan.layout is not None
+        for r in plan.redirects:
+            live = proc.read(r.address, len(r.expected)) if r.expected else b""
+            if live != r.expected:
+                raise ApplyError(f"{r.name} at {r.address:#x} is not what the patch expects "
+                                 "(the process was modified by something else)")
+        self.base = alloc.map_near(proc, plan.layout.size,
+                                   inject.PROT_READ | inject.PROT_WRITE)
+        self._resolve_libraries()
+        image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
+        start = plan.layout.text_start
+        proc.write(self.base + start, bytes(image[start:]))
+        inject.mprotect(proc, self.base + start, plan.layout.text_size,
+                        inject.PROT_READ | inject.PROT_EXEC)
+        self._redirect()
+        record = _record(plan, self.base, self.sites)
+        raw = record.encode()
+        if len(raw) > start:
+            raise ApplyError("the patch record does not fit its reserved space")
+        proc.write(self.base, raw)
+        return record
+
+    def _resolve_libraries(self) -> None:
+        from katana.engine.symbols import ProcessSymbols
+
+        if self.plan.far:
+            symbols = ProcessSymbols(self.proc)
+            for i in self.plan.far:
+                self.plan.externals[i] = symbols.lookup_library(self.plan.po.symbols[i].name)
+
+    def _redirect(self) -> None:
+        by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
+        for r in self.plan.redirects:
+            target = _new_address(self.plan, self.base, by_name[r.name].symbol)
+            jump = struct.pack("<Bi", JMP_REL32, target - (r.address + JMP_SIZE))
+            original = self.proc.read(r.address, JMP_SIZE)
+            self.proc.write(r.address, jump)
+            self.sites.append(Site(r.address, original, jump))
+
+    def undo(self) -> None:
+        """Put back every overwritten byte and free the region (best effort, newest first)."""
+        for site in reversed(self.sites):
+            try:
+                self.proc.write(site.address, site.original)
+            except KatanaError:
+                pass  # keep undoing the rest; the caller reports the original failure
+        if self.base and self.plan.layout is not None:
+            try:
+                inject.munmap(self.proc, self.base, self.plan.layout.size)
+            except KatanaError:
+                pass
+
+
+@dataclass
+class Result:
+    pid: int
+    record: Record
+    stopped_for: float  # seconds the target was held stopped for the final, successful attempt
+    timings: dict[str, float]
+
+
+def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False) -> Result:
+    """Apply a PO to process ``pid``; on any failure the process is left as it was."""
+    from katana.engine.safepoint import Range, wait_for_safe_point
+
+    plan = prepare(po_path, pid)
+    ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
+    proc = Process(pid, check_writes=config.check_ptrace_writes)
+    commit = Commit(plan, proc)
+    started = time.monotonic()
+    try:
+        wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
+                            config.safe_point_retry_interval)
+        stopped_at = time.monotonic()
+        plan.timings["safe point"] = stopped_at - started
+        try:
+            record = commit.run()
+        except KatanaError as e:
+            commit.undo()
+            raise ApplyError(f"{e.message}; every change was undone, the process runs as "
+                             "before", hint=e.hint) from e
+        except BaseException:
+            commit.undo()
+            raise
+        plan.timings["commit"] = time.monotonic() - stopped_at
+    finally:
+        stop_end = time.monotonic()
+        if proc.attached:
+            proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
+    return Result(pid, record, stop_end - stopped_at, plan.timings)

@@ -1,0 +1,137 @@
+"""Symbols of a running process, as runtime addresses: its executable and its shared libraries.
+
+IFUNC symbols (``strlen``, ``memcpy``, ``strcasestr`` ... in glibc) name a resolver that picks an
+implementation for this CPU; the address a patch needs is the implementation. We call the resolver
+inside the target (``inject.call``): it answers what the dynamic linker would, for symbols the
+program never used as well as those it did (reading the program's GOT would only cover the
+latter). glibc's x86-64 resolvers take no arguments that matter; they read the CPU features that
+ld.so filled in at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from katana.engine import inject, procfs
+from katana.engine.dynsym import DynSymbol, library_symbols
+from katana.engine.process import Process
+from katana.engine.symtab import STT_GNU_IFUNC, ElfSymbol, ExecutableSymbols, executable_symbols
+from katana.errors import ApplyError
+
+
+class ProcessSymbols:
+    """Look up symbols of process ``pid`` (or of an attached ``Process``) by runtime address.
+
+    Executable lookups need no stopped process; resolving an IFUNC does (it runs the resolver in
+    the target), so pass an attached ``Process`` when library symbols are wanted.
+    """
+
+    def __init__(self, target: Process | int) -> None:
+        self.process = target if isinstance(target, Process) else None
+        self.pid = target.pid if isinstance(target, Process) else target
+        procfs.check_process(self.pid)
+        self.exe_path = procfs.exe_path(self.pid)
+        self.executable: ExecutableSymbols = executable_symbols(_exe_file(self.pid, self.exe_path))
+        self.bias = procfs.load_bias(self.pid)
+        self._libraries: list[procfs.Library] | None = None
+        self._resolved: dict[int, int] = {}
+
+    # -- the executable ----------------------------------------------------------------------
+
+    def _address(self, sym: ElfSymbol) -> int:
+        return sym.value if sym.absolute else sym.value + self.bias
+
+    def find(self, name: str, file: str | None = None) -> tuple[int, int] | None:
+        """(runtime address, size) of the executable's symbol, or None (see
+        ``ExecutableSymbols.find`` for globals, locals and ``file``)."""
+        sym = self.executable.find(name, file)
+        if sym is None:
+            return None
+        address = self._address(sym)
+        if sym.type == STT_GNU_IFUNC:
+            address = self._resolve_ifunc(name, address)
+        return address, sym.size
+
+    def lookup(self, name: str, file: str | None = None) -> tuple[int, int]:
+        """(runtime address, size) of the executable's symbol; ApplyError when missing."""
+        found = self.find(name, file)
+        if found is None:
+            where = f" (local to {file})" if file else ""
+            raise ApplyError(
+                f"no symbol '{name}'{where} in {self.exe_path} (process {self.pid})",
+                hint="the patch was made for another build of the program",
+            )
+        return found
+
+    def function_at(self, address: int) -> tuple[str, int, int] | None:
+        """(name, runtime start, size) of the executable's function that holds ``address``."""
+        sym = self.executable.function_at(address - self.bias)
+        if sym is None:
+            return None
+        return sym.name, self._address(sym), sym.size
+
+    # -- shared libraries --------------------------------------------------------------------
+
+    def libraries(self) -> list[procfs.Library]:
+        """The loaded libraries in the dynamic linker's search order (approximately).
+
+        ld.so maps each library below the previous one, so descending base address is load
+        order, which is the breadth-first DT_NEEDED order it searches; ld.so itself, mapped
+        first by the kernel, is searched after the libraries that need it.
+        """
+        if self._libraries is None:
+            libs = sorted(procfs.libraries(self.pid), key=lambda lib: -lib.base)
+            self._libraries = sorted(libs, key=lambda lib: _is_dynamic_linker(lib.path))
+        return self._libraries
+
+    def find_library(self, name: str) -> tuple[int, procfs.Library] | None:
+        """(runtime address, library) of an exported library symbol, or None.
+
+        ``name`` may carry a version, ``memcpy@GLIBC_2.2.5``; otherwise the default version
+        (``memcpy@@GLIBC_2.14``) is taken. IFUNCs are resolved to their implementation.
+        """
+        base_name, _, version = name.partition("@")
+        for lib in self.libraries():
+            sym = library_symbols(lib.path).find(base_name, version.lstrip("@") or None)
+            if sym is not None:
+                return self._library_address(sym, lib), lib
+        return None
+
+    def lookup_library(self, name: str) -> int:
+        """Runtime address of an exported library symbol; ApplyError when no library has it."""
+        found = self.find_library(name)
+        if found is None:
+            raise ApplyError(
+                f"no shared library loaded in process {self.pid} exports '{name}'",
+                hint="the patch calls a function from a library the program does not load",
+            )
+        return found[0]
+
+    def _library_address(self, sym: DynSymbol, lib: procfs.Library) -> int:
+        address = sym.value + lib.bias
+        return self._resolve_ifunc(sym.name, address) if sym.ifunc else address
+
+    def _resolve_ifunc(self, name: str, resolver: int) -> int:
+        if resolver not in self._resolved:
+            if self.process is None or not self.process.attached:
+                raise ApplyError(
+                    f"'{name}' is an IFUNC: resolving it needs the process stopped",
+                    hint="look it up through an attached Process",
+                )
+            self._resolved[resolver] = inject.call(self.process, resolver)
+        return self._resolved[resolver]
+
+
+def _exe_file(pid: int, path: str) -> str:
+    """The executable's path when it still names the running file (nicer in messages), else
+    /proc/PID/exe, which reaches the running file even after it was replaced or deleted."""
+    proc_exe = f"/proc/{pid}/exe"
+    try:
+        same = os.path.samefile(path, proc_exe)
+    except OSError:
+        same = False
+    return path if same else proc_exe
+
+
+def _is_dynamic_linker(path: str) -> bool:
+    return os.path.basename(path).startswith("ld-linux")

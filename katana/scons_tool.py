@@ -1,0 +1,462 @@
+"""katana.scons_tool
+
+Tool-specific initialization for Katana: builds whose programs can be hot-patched.
+
+The tool guarantees the compiler and linker flags patch generation relies on, refuses the flags
+that defeat it, records which objects each program is made of, and adds two targets:
+``scons release VERSION=v1`` snapshots the programs into ``releases/v1/`` and
+``scons patch FROM=v0 TO=v1`` turns two snapshots into Patch Objects under ``patches/``.
+
+Load it after the toolchain, ``Environment(tools=['default', 'katana'])``: SCons's ``link``
+tool resets ``LINKFLAGS`` when it loads. From a project without ``site_scons``, pass
+``toolpath=[katana.scons_tool.TOOLPATH]``. See docs/scons-tool.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import SCons.Action
+import SCons.Builder
+import SCons.Errors
+import SCons.Script
+import SCons.Tool
+import SCons.Util
+import SCons.Variables
+
+from katana.errors import KatanaError, NoChangeError
+from katana.snapshot import MANIFEST, Snapshot, make_snapshot
+
+#: Directory to pass as ``toolpath`` so that SCons finds this tool as ``katana``.
+TOOLPATH = str(Path(__file__).resolve().parent / "site_tools")
+
+#: The katana package itself. SCons registers a tool module in ``sys.modules`` under the tool's
+#: bare name, which hides this package; the tool shims in site_tools put it back from here.
+PACKAGE = sys.modules[__package__]
+
+_DEBUG_INFO = "-g"
+_SECTIONS = ["-ffunction-sections", "-fdata-sections"]
+# GCC >= 9: restrict IPA to inlining and cloning, whose effects show in the callers' bytes or
+# symbol names; other IPA passes let callers depend on a callee's body invisibly.
+_LIVE_PATCHING = "-flive-patching=inline-clone"
+# GCC -O2 inlines small and once-called static functions into their callers; when the caller is a
+# loop that never returns, a change to the helper becomes a change to the loop, which is always on
+# the stack, so the patch could never be applied.
+_OUTLINE_CALLEES = ["-fno-inline-functions-called-once", "-fno-inline-small-functions"]
+# --emit-relocs keeps the relocations in the executable, so apply can find every reference to a
+# variable whose layout changes; the build-id ties a patch to the exact build it was made from.
+_LINK_FLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1"]
+
+_COMPILE_VARS = ("CCFLAGS", "CFLAGS", "CXXFLAGS", "SHCCFLAGS", "SHCFLAGS", "SHCXXFLAGS")
+_LINK_VARS = ("LINKFLAGS", "SHLINKFLAGS")
+
+_REFUSED = [
+    (r"-g[01]|-ggdb[01]|-gline-tables-only",
+     "drops the DWARF types that patch generation compares", "remove it (the tool adds -g)"),
+    (r"-gsplit-dwarf", "moves the DWARF types out of the objects into .dwo files", "remove it"),
+    (r"-flto(=.*)?", "leaves code generation to the linker, so the objects do not hold the code "
+     "that runs", "remove it: a patchable build cannot use link-time optimisation"),
+    (r"-fno-function-sections", "puts all functions in one .text section, so one changed "
+     "function cannot be cut out", "remove it (the tool adds -ffunction-sections)"),
+    (r"-fno-data-sections", "puts all variables in one section, so one changed variable cannot "
+     "be cut out", "remove it (the tool adds -fdata-sections)"),
+    (r"-s|-Wl,(-s|--strip-all)", "strips the symbol table that patching finds functions by",
+     "remove it"),
+    (r"-Wl,(-x|--discard-all)", "drops local symbols, so static functions cannot be found",
+     "remove it"),
+    (r"-Wl,--build-id=none", "removes the build-id that ties a patch to its build",
+     "remove it (the tool adds -Wl,--build-id=sha1)"),
+]
+
+_VARIABLE_HELP = [
+    ("VERSION", "release to snapshot: scons release VERSION=v1"),
+    ("FROM", "release a patch starts from: scons patch FROM=v0 TO=v1"),
+    ("TO", "release a patch leads to: scons patch FROM=v0 TO=v1"),
+]
+_compilers: dict[tuple[str, ...], tuple[str, int | None]] = {}
+
+
+# -- flags -----------------------------------------------------------------------------------
+
+def _args(env, var: str) -> list[str]:
+    """The arguments ``$var`` expands to, with linker options split one per ``-Wl,``."""
+    args: list[str] = []
+    words = [str(word) for word in env.subst_list("$" + var)[0]]
+    for i, word in enumerate(words):
+        if word.startswith("-Wl,"):
+            args += ["-Wl," + part for part in word[4:].split(",") if part]
+        elif word == "-Xlinker" and i + 1 < len(words):
+            args.append("-Wl," + words[i + 1])
+        else:
+            args.append(word)
+    return args
+
+
+def _satisfies(arg: str, flag: str) -> bool:
+    """Whether ``arg``, given by the user, already does what the tool's ``flag`` does."""
+    if flag == _DEBUG_INFO:
+        return re.fullmatch(r"-g(gdb)?[23]?|-gdwarf(-\d)?", arg) is not None
+    if flag.startswith("-flive-patching="):
+        return arg.startswith("-flive-patching=")  # inline-only-static is stricter still
+    if flag.startswith("-Wl,--build-id"):
+        return re.fullmatch(r"-Wl,--build-id(=(?!none$).*)?", arg) is not None
+    return arg == flag
+
+
+def _has(env, var: str, flag: str) -> bool:
+    return any(_satisfies(arg, flag) for arg in _args(env, var))
+
+
+def _append(env, var: str, flag: str) -> None:
+    # CLVar splits a user's string value ('-O2 -g') the way a command line would, so that the
+    # variable stays one flat list of arguments.
+    env[var] = SCons.Util.CLVar(env.get(var, [])) + [flag]
+
+
+def _gcc_major(env) -> int | None:
+    return _compiler(env)[1]
+
+
+def _compiler(env) -> tuple[str, int | None]:
+    """First line of ``$CC --version`` and the GCC major version (None: not GCC), asked once."""
+    argv = tuple(shlex.split(env.subst("$CC")))
+    if not argv:
+        return "", None
+    key = (env.WhereIs(argv[0]) or argv[0], *argv[1:])
+    if key not in _compilers:
+        _compilers[key] = _ask_compiler(env, key)
+    return _compilers[key]
+
+
+def _ask_compiler(env, argv: tuple[str, ...]) -> tuple[str, int | None]:
+    run_env = {k: str(v) for k, v in env["ENV"].items()}
+    try:
+        version = subprocess.run([*argv, "--version"], capture_output=True, text=True,
+                                 env=run_env, timeout=60, check=False).stdout
+        dump = subprocess.run([*argv, "-dumpversion"], capture_output=True, text=True,
+                              env=run_env, timeout=60, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", None
+    first_line = version.splitlines()[0].strip() if version.strip() else ""
+    major = re.match(r"\d+", dump.strip())
+    # clang answers -dumpversion too (and may call itself "gcc"); only GCC has -flive-patching
+    if "clang" in version.lower() or "Free Software Foundation" not in version or not major:
+        return first_line, None
+    return first_line, int(major.group())
+
+
+def _compile_flags(env) -> list[str]:
+    top = env.Dir("#").get_abspath()
+    # objects must not depend on where the tree is checked out, or every object would differ
+    flags = [_DEBUG_INFO, *_SECTIONS, f"-ffile-prefix-map={top}=."]
+    if (_gcc_major(env) or 0) >= 9:
+        flags.append(_LIVE_PATCHING)
+    if env.get("KATANA_OUTLINE_CALLEES", True):
+        flags += _OUTLINE_CALLEES
+    return flags
+
+
+def _require_compile_flag(env, flag: str) -> None:
+    if _has(env, "CCFLAGS", flag):
+        return
+    in_c, in_cxx = _has(env, "CFLAGS", flag), _has(env, "CXXFLAGS", flag)
+    if in_c and in_cxx:
+        return
+    var = "CXXFLAGS" if in_c else "CFLAGS" if in_cxx else "CCFLAGS"
+    _append(env, var, flag)
+    if var == "CCFLAGS":
+        env["_KATANA_ADDED"] = [*env.get("_KATANA_ADDED", []), flag]
+
+
+def _drop_outline_flags(env) -> None:
+    """Take back the outlining flags the tool added, once KATANA_OUTLINE_CALLEES is turned off."""
+    added = [flag for flag in env.get("_KATANA_ADDED", []) if flag in _OUTLINE_CALLEES]
+    if added:
+        env["CCFLAGS"] = [f for f in SCons.Util.CLVar(env["CCFLAGS"]) if f not in added]
+        env["_KATANA_ADDED"] = [f for f in env["_KATANA_ADDED"] if f not in added]
+
+
+def _require_flags(env) -> None:
+    """Add every flag patching needs that the compile and link lines lack, without doubling."""
+    for flag in _compile_flags(env):
+        _require_compile_flag(env, flag)
+    if not env.get("KATANA_OUTLINE_CALLEES", True):
+        _drop_outline_flags(env)
+    for flag in _LINK_FLAGS:
+        if not _has(env, "LINKFLAGS", flag):
+            _append(env, "LINKFLAGS", flag)
+
+
+def _refuse_flags(env) -> None:
+    """Raise a UserError naming the first flag that defeats patching, and its fix."""
+    for var in _COMPILE_VARS + _LINK_VARS:
+        for arg in _args(env, var):
+            for pattern, why, fix in _REFUSED:
+                if re.fullmatch(pattern, arg):
+                    raise SCons.Errors.UserError(
+                        f"katana: {var} contains {arg}, which {why}; {fix}, "
+                        f"or build this program without the katana tool")
+
+
+# -- emitters --------------------------------------------------------------------------------
+
+def _object_emitter(target, source, env):
+    # Flags may be appended, or replaced (Environment(CCFLAGS=...) restores its value after the
+    # tools ran), after the tool loaded: check again for every object.
+    if env.get("_KATANA"):
+        _require_flags(env)
+        _refuse_flags(env)
+    return target, source
+
+
+def _linked_emitter(kind: str):
+    def emitter(target, source, env):
+        if env.get("_KATANA"):
+            _require_flags(env)
+            _refuse_flags(env)
+            suffixes = (env.subst("$OBJSUFFIX"), env.subst("$SHOBJSUFFIX"))
+            objects = [node for node in source if str(node).endswith(suffixes)]
+            for node in target:
+                node.attributes.katana_linked = (kind, objects)
+            env.Alias("release", target)
+        return target, source
+    emitter.__name__ = f"katana_{kind.replace('-', '_')}_emitter"
+    return emitter
+
+
+_program_emitter = _linked_emitter("program")
+_shlib_emitter = _linked_emitter("shared-library")
+
+
+def _add_emitters(env) -> None:
+    env.AppendUnique(PROGEMITTER=[_program_emitter], SHLIBEMITTER=[_shlib_emitter])
+    for builder in SCons.Tool.createObjBuilders(env):
+        for suffix, emitter in list(builder.emitter.items()):
+            if isinstance(emitter, SCons.Builder.ListEmitter) and _object_emitter in emitter:
+                continue
+            builder.emitter[suffix] = SCons.Builder.ListEmitter([emitter, _object_emitter])
+
+
+# -- command line: VERSION, FROM, TO, FORCE --------------------------------------------------
+
+def _variables():
+    variables = SCons.Variables.Variables(None, SCons.Script.ARGUMENTS)
+    for key, text in _VARIABLE_HELP:
+        variables.Add(key, text, None)
+    variables.Add(SCons.Variables.BoolVariable(
+        "FORCE", "replace an existing release snapshot (scons release VERSION=v1 FORCE=1)", False))
+    return variables
+
+
+def _check_unknown(variables) -> None:
+    """Refuse a command-line variable that looks like a misspelt katana one (FORM=v0)."""
+    names = [option.key for option in variables.options]
+    for arg, value in variables.UnknownVariables().items():
+        same = [name for name in names if name == arg.upper()]
+        close = same or difflib.get_close_matches(arg.upper(), names, n=1, cutoff=0.7)
+        if close:
+            raise SCons.Errors.UserError(
+                f"katana: unknown variable {arg}={value}; did you mean {close[0]}={value}?")
+
+
+def _usage(text: str) -> None:
+    print(f"scons: *** usage: {text}", file=sys.stderr)
+    SCons.Script.Exit(2)
+
+
+def _release_dir(env, version: str):
+    return env.Dir("$KATANA_RELEASES").Dir(version)
+
+
+def _check_version(name: str, value: str) -> None:
+    if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._+-]+", value):
+        raise SCons.Errors.UserError(
+            f"katana: {name}={value} is not a release name (letters, digits and . _ + - only)")
+
+
+def _command_line(env) -> None:
+    """Read the katana variables; once per run, add help, check usage and declare targets."""
+    variables = _variables()
+    variables.Update(env)
+    args = {key: SCons.Script.ARGUMENTS.get(key) for key in ("VERSION", "FROM", "TO")}
+    state = env.fs.Top.attributes.__dict__
+    if state.get("katana_command_line"):
+        return
+    state["katana_command_line"] = True
+    _check_unknown(variables)
+    for key, value in args.items():
+        if value is not None:
+            _check_version(key, value)
+    if SCons.Script.sconscript_reading:
+        SCons.Script.Help(_HELP + variables.GenerateHelpText(env), append=True)
+    if SCons.Script.GetOption("help"):
+        return
+    targets = SCons.Script.COMMAND_LINE_TARGETS
+    if "release" in targets and not args["VERSION"]:
+        _usage("scons release VERSION=<version>")
+    if "patch" in targets and not (args["FROM"] and args["TO"]):
+        _usage("scons patch FROM=<version> TO=<version>")
+    if args["VERSION"]:
+        _declare_release(env, args["VERSION"], bool(env["FORCE"]))
+    if "patch" in targets:
+        _declare_patches(env, args["FROM"], args["TO"])
+
+
+_HELP = """
+Katana (hot patches):
+    scons release VERSION=v1      build the programs, snapshot them into releases/v1/
+    scons patch FROM=v0 TO=v1     write patches/<program>-v0-v1.po from two snapshots
+"""
+
+
+# -- release ---------------------------------------------------------------------------------
+
+def _declare_release(env, version: str, force: bool) -> None:
+    alias = env.Alias("release", [], SCons.Action.Action("$KATANA_RELEASECOM",
+                                                          "$KATANA_RELEASECOMSTR"))
+    for node in alias:
+        node.attributes.katana_release = (version, force)
+    # the snapshot is cheap to compare, and its immutability check must run on every release
+    env.AlwaysBuild(alias)
+
+
+def _portable(flags: list[str], top: str) -> list[str]:
+    # The manifest must not depend on where the tree is checked out: spell the top dir as '#'.
+    return [flag.replace(top, "#") for flag in flags]
+
+
+def _release_action(target, source, env) -> int:
+    version, force = target[0].attributes.katana_release
+    programs: dict[str, tuple[Path, str, list[Path]]] = {}
+    for node in source:
+        kind, objects = node.attributes.katana_linked
+        if node.name in programs:
+            raise _error(target, KatanaError(f"two programs are named {node.name}; a release "
+                                             "needs distinct program names"))
+        programs[node.name] = (Path(node.get_abspath()), kind,
+                               [Path(o.get_abspath()) for o in objects])
+    if not programs:
+        raise _error(target, KatanaError("no programs were built with the katana tool"))
+    flags_env = _first_object_env(source) or env
+    top = env.Dir("#").get_abspath()
+    dest = Path(_release_dir(env, version).get_abspath())
+    try:
+        snapshot = make_snapshot(
+            dest, version, programs, _compiler(flags_env)[0],
+            _portable(_args(flags_env, "CCFLAGS") + _args(flags_env, "CFLAGS"), top),
+            _portable(_args(flags_env, "LINKFLAGS"), top), force=force)
+    except KatanaError as e:
+        raise _error(target, e) from None
+    print(f"katana: release {version}: {', '.join(snapshot.program_names())} "
+          f"({len(snapshot.files())} files) in {os.path.relpath(dest, top)}")
+    return 0
+
+
+def _first_object_env(programs):
+    for node in programs:
+        for obj in node.attributes.katana_linked[1]:
+            return obj.get_build_env()
+    return None
+
+
+# -- patch -----------------------------------------------------------------------------------
+
+def _load_release(env, version: str) -> Snapshot:
+    path = _release_dir(env, version)
+    if not os.path.isdir(path.get_abspath()):
+        raise SCons.Errors.UserError(
+            f"katana: release {version} has no snapshot ({path.get_path()} does not exist); "
+            f"make it from the {version} sources with: scons release VERSION={version}")
+    try:
+        return Snapshot.load(path.get_abspath())
+    except KatanaError as e:
+        raise SCons.Errors.UserError(f"katana: {_describe(e)}") from None
+
+
+def _declare_patches(env, old_version: str, new_version: str) -> None:
+    if old_version == new_version:
+        raise SCons.Errors.UserError(f"katana: FROM and TO are both {old_version}")
+    old, new = _load_release(env, old_version), _load_release(env, new_version)
+    for program in old.program_names():
+        if not new.has_program(program):
+            print(f"katana: {program} is in release {old_version} but not in {new_version}: "
+                  "no patch for it", file=sys.stderr)
+            continue
+        sources = [old.root / MANIFEST, new.root / MANIFEST]
+        for snapshot in (old, new):
+            sources += [snapshot.executable(program), *snapshot.objects(program)]
+        node = env.KatanaPatch(
+            f"$KATANA_PATCHES/{program}-{old_version}-{new_version}.po", [str(s) for s in sources],
+            KATANA_PATCH_PROGRAM=program, KATANA_PATCH_OLD=str(old.root),
+            KATANA_PATCH_NEW=str(new.root), KATANA_PATCH_FROM=old_version,
+            KATANA_PATCH_TO=new_version)
+        env.Alias("patch", node)
+
+
+def _patch_action(target, source, env) -> int:
+    # imported here: generation is heavy, and only the patch target needs it
+    from katana.generate.api import generate_patch
+
+    program = env["KATANA_PATCH_PROGRAM"]
+    old, new = env["KATANA_PATCH_FROM"], env["KATANA_PATCH_TO"]
+    try:
+        summary = generate_patch(env["KATANA_PATCH_OLD"], env["KATANA_PATCH_NEW"], program,
+                                 target[0].get_abspath())
+    except NoChangeError as e:
+        print(f"katana: {program} {old} -> {new}: no functional change, no patch written "
+              f"({_describe(e)})")
+        return 0
+    except KatanaError as e:
+        raise _error(target, e) from None
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _describe(error: KatanaError) -> str:
+    return error.message + (f" (hint: {error.hint})" if error.hint else "")
+
+
+def _error(target, error: KatanaError) -> SCons.Errors.BuildError:
+    """A build failure that SCons reports as one line, without a Python traceback."""
+    return SCons.Errors.BuildError(node=target[0], errstr=f"katana: {_describe(error)}",
+                                   status=error.exit_code, exitstatus=2)
+
+
+_release = SCons.Action.Action(_release_action, "$KATANA_RELEASECOMSTR")
+_patch = SCons.Action.Action(_patch_action, "$KATANA_PATCHCOMSTR",
+                             varlist=["KATANA_PATCH_PROGRAM", "KATANA_PATCH_OLD",
+                                      "KATANA_PATCH_NEW", "KATANA_PATCH_FROM", "KATANA_PATCH_TO"])
+_patch_builder = SCons.Builder.Builder(
+    action=SCons.Action.Action("$KATANA_PATCHCOM", "$KATANA_PATCHCOMSTR"), suffix=".po")
+
+
+def generate(env) -> None:
+    """Add the katana flags, checks, emitters, variables and targets to an Environment."""
+    env["_KATANA"] = True
+    env.SetDefault(
+        KATANA_OUTLINE_CALLEES=True,
+        KATANA_RELEASES="#releases",
+        KATANA_PATCHES="#patches",
+        KATANA_RELEASECOM=_release,
+        KATANA_RELEASECOMSTR="katana: snapshot of the release",
+        KATANA_PATCHCOM=_patch,
+        KATANA_PATCHCOMSTR="katana: patch $TARGET",
+    )
+    if "KatanaPatch" not in env["BUILDERS"]:
+        env["BUILDERS"]["KatanaPatch"] = _patch_builder
+    _require_flags(env)
+    _refuse_flags(env)
+    _add_emitters(env)
+    _command_line(env)
+
+
+def exists(env) -> bool:
+    # SCons does not call exists() for tools found in a toolpath: generate() copes on its own.
+    return bool(env.Detect(env.subst("$CC") or "cc"))

@@ -226,12 +226,12 @@ def _linked_emitter(kind: str):
                 node.attributes.katana_linked = (kind, objects)
             env.Alias("release", target)
         return target, source
-    emitter.__name__ = f"katana_{kind.replace('-', '_')}_emitter"
+    emitter.__name__ = f"katana_{kind}_emitter"
     return emitter
 
 
 _program_emitter = _linked_emitter("program")
-_shlib_emitter = _linked_emitter("shared-library")
+_shlib_emitter = _linked_emitter("shared_library")
 
 
 def _add_emitters(env) -> None:
@@ -384,7 +384,7 @@ def _declare_patches(env, old_version: str, new_version: str) -> None:
         raise SCons.Errors.UserError(f"katana: FROM and TO are both {old_version}")
     old, new = _load_release(env, old_version), _load_release(env, new_version)
     for program in old.program_names():
-        if not new.has_program(program):
+        if program not in new.program_names():
             print(f"katana: {program} is in release {old_version} but not in {new_version}: "
                   "no patch for it", file=sys.stderr)
             continue

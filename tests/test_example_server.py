@@ -266,8 +266,9 @@ def test_a_full_buffer_of_requests_is_answered(server, connect):
     assert [conn.reply() for _ in range(64)] == [f"VALUE {value}"] * 64
 
 
-# Every send() writes at most 7 bytes and every other one fails with EAGAIN; every recv() reads
-# at most 3 bytes.  The kernel may do either at any time, but on loopback it almost never does.
+# Every send() writes at most 7 bytes and every other one fails with EAGAIN; every other recv()
+# reads at most 3 bytes.  The kernel may do all this at any time, but on loopback it almost never
+# does: this makes kvd's output back up while whole buffers of requests keep arriving.
 SHORT_IO_SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -292,10 +293,11 @@ ssize_t send(int fd, const void *buf, size_t len, int flags)
 ssize_t recv(int fd, void *buf, size_t len, int flags)
 {
     static ssize_t (*real_recv)(int, void *, size_t, int);
+    static unsigned calls;
 
     if (real_recv == NULL)
         real_recv = (ssize_t (*)(int, void *, size_t, int))dlsym(RTLD_NEXT, "recv");
-    return real_recv(fd, buf, len < 3 ? len : 3, flags);
+    return real_recv(fd, buf, ++calls % 2 == 0 || len < 3 ? len : 3, flags);
 }
 """
 

@@ -126,6 +126,46 @@ class Executable:
         raise FormatError(f"{self.path}: address {vaddr:#x} (+{size}) is not in a loaded segment")
 
 
+_PC_RELATIVE = {2, 4, 9, 41, 42}  # R_X86_64_PC32, PLT32, GOTPCREL, GOTPCRELX, REX_GOTPCRELX
+_FIELD_SIZE = {1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # R_X86_64_64, PC32, PLT32, 32, 32S, PC64
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A place in the executable's code or data that refers to an address (``--emit-relocs``)."""
+
+    address: int  # link-time address of the relocated field
+    type: int
+    size: int  # field size in bytes
+
+
+def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
+    """Every relocated field of the executable whose target lies in [low, high).
+
+    A PC-relative field designates ``S + A + 4`` or a little more when an immediate follows the
+    displacement; ``+4`` is the common case and is what we test, the others differ by at most the
+    immediate's size and only matter for references right at the end of an object.
+    """
+    found = []
+    with open(exe.path, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        for sec in elf.iter_sections():
+            if sec["sh_type"] != "SHT_RELA" or sec["sh_info"] == 0:
+                continue
+            if not elf.get_section(sec["sh_info"])["sh_flags"] & 0x2:  # SHF_ALLOC only
+                continue
+            for r in sec.iter_relocations():
+                rtype = r["r_info_type"]
+                if rtype not in _FIELD_SIZE:
+                    continue
+                sym = symtab.get_symbol(r["r_info_sym"])
+                target = sym["st_value"] + r["r_addend"] + (4 if rtype in _PC_RELATIVE else 0)
+                if low <= target < high:
+                    found.append(Reference(r["r_offset"], rtype, _FIELD_SIZE[rtype]))
+    return found
+
+
 @lru_cache(maxsize=16)
 def _cached(path: str, mtime_ns: int, size: int) -> Executable:
     return Executable(Path(path))

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.elf.executable import Executable, open_executable
+from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.engine import alloc, inject, procfs
 from katana.engine.loader import Layout, link, plan_layout
 from katana.engine.process import Process
 from katana.engine.record import Record, Site, key, read_records
+from katana.engine.transfer import StateTransfer
 from katana.errors import ApplyError, KatanaError, MismatchError
 from katana.po import load_po
-from katana.po.model import PatchObject, Symbol
+from katana.po.model import PatchObject, Symbol, VariablePatch
 
 JMP_REL32 = 0xE9
 JMP_SIZE = 5
@@ -53,6 +54,7 @@ class Plan:
     layout: Layout | None = None
     redirects: list[Redirect] = field(default_factory=list)
     safety: list[tuple[int, int, str]] = field(default_factory=list)
+    transfers: list[tuple[VariablePatch, int, list[Reference]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -152,6 +154,21 @@ def _plan_safety(plan: Plan) -> None:
                 plan.safety.append((hit[0], hit[0] + hit[1], ref.name))
 
 
+def _plan_transfers(plan: Plan) -> None:
+    """Where each transformed variable lives now, and every reference the program has to it."""
+    for v in plan.po.meta.variables:
+        if v.status != "transformed":
+            continue
+        name, file = v.old_name or v.name, v.file if v.local else None
+        old = _lookup_existing(plan, name, file)
+        if old is None:
+            raise ApplyError(f"variable {name} is not in the running program")
+        in_exe = plan.exe.lookup(name, file)
+        refs = references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size) \
+            if in_exe is not None and in_exe.address + plan.bias == old else []
+        plan.transfers.append((v, old, refs))
+
+
 def prepare(po_path: Path, pid: int) -> Plan:
     """Verify and plan; nothing is stopped or written yet."""
     started = time.monotonic()
@@ -163,6 +180,7 @@ def prepare(po_path: Path, pid: int) -> Plan:
     plan.layout = plan_layout(po, RECORD_RESERVE, plan.far)
     _plan_redirects(plan)
     _plan_safety(plan)
+    _plan_transfers(plan)
     plan.timings["prepare"] = time.monotonic() - started
     return plan
 
@@ -202,6 +220,7 @@ class Commit:
         self.proc = proc
         self.base = 0
         self.sites: list[Site] = []
+        self.extra: list[tuple[int, int]] = []
 
     def run(self) -> Record:
         plan, proc = self.plan, self.proc
@@ -219,8 +238,10 @@ class Commit:
         proc.write(self.base + start, bytes(image[start:]))
         inject.mprotect(proc, self.base + start, plan.layout.text_size,
                         inject.PROT_READ | inject.PROT_EXEC)
+        self._transfer()
         self._redirect()
         record = _record(plan, self.base, self.sites)
+        record.extra_regions = list(self.extra)
         raw = record.encode()
         if len(raw) > start:
             raise ApplyError("the patch record does not fit its reserved space")
@@ -234,6 +255,41 @@ class Commit:
             symbols = ProcessSymbols(self.proc)
             for i in self.plan.far:
                 self.plan.externals[i] = symbols.lookup_library(self.plan.po.symbols[i].name)
+
+    def _transfer(self) -> None:
+        """Move transformed variables (and what they point to) into their new layout, then
+        re-aim every reference the running program has to their old storage."""
+        if not self.plan.transfers:
+            return
+        st = StateTransfer(self.proc.read, self.plan.po.meta.types)
+        roots = []
+        for v, old, _refs in self.plan.transfers:
+            st.seed(old, _new_address(self.plan, self.base, v.symbol))  # type: ignore[arg-type]
+            roots.append((old, v.type or ""))
+        for old, type_key in roots:
+            st.discover(old, type_key)
+        if st.pointees:
+            size = (st.heap_size() + 4095) & ~4095
+            heap = alloc.map_near(self.proc, size, inject.PROT_READ | inject.PROT_WRITE)
+            self.extra.append((heap, size))
+            st.place(heap)
+        for address, data in st.writes(roots):
+            self.proc.write(address, data)
+        for v, old, refs in self.plan.transfers:
+            delta = _new_address(self.plan, self.base, v.symbol) - old  # type: ignore[arg-type]
+            for ref in refs:
+                self._repoint(ref.address + self.plan.bias, ref, delta)
+
+    def _repoint(self, address: int, ref: Reference, delta: int) -> None:
+        raw = self.proc.read(address, ref.size)
+        signed = ref.type != 10  # R_X86_64_32 is zero-extended, every other field signed
+        value = int.from_bytes(raw, "little", signed=signed) + delta
+        try:
+            new = value.to_bytes(ref.size, "little", signed=signed)
+        except OverflowError:
+            raise ApplyError(f"a reference at {address:#x} cannot reach the new storage") from None
+        self.proc.write(address, new)
+        self.sites.append(Site(address, raw, new))
 
     def _redirect(self) -> None:
         by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
@@ -251,6 +307,11 @@ class Commit:
                 self.proc.write(site.address, site.original)
             except KatanaError:
                 pass  # keep undoing the rest; the caller reports the original failure
+        for lo, size in self.extra:
+            try:
+                inject.munmap(self.proc, lo, size)
+            except KatanaError:
+                pass
         if self.base and self.plan.layout is not None:
             try:
                 inject.munmap(self.proc, self.base, self.plan.layout.size)

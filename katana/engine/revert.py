@@ -1,0 +1,54 @@
+"""``katana revert PID``: undo the most recent patch of a process.
+
+Patches stack, so only the newest can go: an older one may be what the newer one's code calls.
+The old code must be free to run again and the patch's code out of use, so the safe-point rule is
+the patch's own functions (new code) plus everything it redirected.
+"""
+
+from __future__ import annotations
+
+from katana.engine import inject
+from katana.engine.process import Process
+from katana.engine.record import read_records
+from katana.errors import ApplyError, KatanaError
+
+
+def revert_command(pid: int, config, verbosity: int = 1) -> int:
+    from katana.engine.safepoint import Range, wait_for_safe_point
+
+    records = read_records(pid)
+    if not records:
+        raise ApplyError(f"process {pid} has no katana patch to revert")
+    record = records[-1]
+    if not record.revertible:
+        raise ApplyError(f"the newest patch ({record.from_label} -> {record.to_label}) moved "
+                         "data to a new layout and cannot be reverted",
+                         hint="apply a patch that goes back instead (made FROM the newer release)")
+    base, size = record.region
+    ranges = [Range(base, base + size, f"{record.to_label} code")]
+    proc = Process(pid, check_writes=config.check_ptrace_writes)
+    try:
+        wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
+                            config.safe_point_retry_interval)
+        for site in record.sites:
+            if proc.read(site.address, len(site.new)) != site.new:
+                raise ApplyError(f"the code at {site.address:#x} changed since the patch was "
+                                 "applied; refusing to revert")
+        written = []
+        try:
+            for site in reversed(record.sites):
+                proc.write(site.address, site.original)
+                written.append(site)
+            for lo, hi in record.extra_regions:
+                inject.munmap(proc, lo, hi)
+            inject.munmap(proc, base, size)
+        except KatanaError as e:
+            for site in written:
+                proc.write(site.address, site.new)
+            raise ApplyError(f"revert failed ({e.message}); the patch stays applied") from e
+    finally:
+        if proc.attached:
+            proc.detach()
+    if verbosity:
+        print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
+    return 0

@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import SCons.Action
@@ -80,6 +81,23 @@ _VARIABLE_HELP = [
     ("TO", "release a patch leads to: scons patch FROM=v0 TO=v1"),
 ]
 _compilers: dict[tuple[str, ...], tuple[str, int | None]] = {}
+
+
+class KatanaUserError(SCons.Errors.StopError, SCons.Errors.UserError):
+    """A build description that cannot give patchable programs.
+
+    A UserError, as SCons tools raise; also a StopError, which SCons reports while reading
+    SConscripts as one line, without pointing at the tool's own source as the culprit.
+    """
+
+
+def _user_error(message: str) -> KatanaUserError:
+    """The error for ``message``, naming the user's SConscript line that led to it."""
+    ours = (os.path.dirname(SCons.Errors.__file__), os.path.dirname(__file__))
+    frames = [f for f in traceback.extract_stack() if not f.filename.startswith(ours)]
+    where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" \
+        if frames else ""
+    return KatanaUserError(f"katana: {message}{where}")
 
 
 # -- flags -----------------------------------------------------------------------------------
@@ -199,9 +217,8 @@ def _refuse_flags(env) -> None:
         for arg in _args(env, var):
             for pattern, why, fix in _REFUSED:
                 if re.fullmatch(pattern, arg):
-                    raise SCons.Errors.UserError(
-                        f"katana: {var} contains {arg}, which {why}; {fix}, "
-                        f"or build this program without the katana tool")
+                    raise _user_error(f"{var} contains {arg}, which {why}; {fix}, or build "
+                                      "this program without the katana tool")
 
 
 # -- emitters --------------------------------------------------------------------------------
@@ -261,8 +278,7 @@ def _check_unknown(variables) -> None:
         same = [name for name in names if name == arg.upper()]
         close = same or difflib.get_close_matches(arg.upper(), names, n=1, cutoff=0.7)
         if close:
-            raise SCons.Errors.UserError(
-                f"katana: unknown variable {arg}={value}; did you mean {close[0]}={value}?")
+            raise _user_error(f"unknown variable {arg}={value}; did you mean {close[0]}={value}?")
 
 
 def _usage(text: str) -> None:
@@ -276,8 +292,8 @@ def _release_dir(env, version: str):
 
 def _check_version(name: str, value: str) -> None:
     if value in (".", "..") or not re.fullmatch(r"[A-Za-z0-9._+-]+", value):
-        raise SCons.Errors.UserError(
-            f"katana: {name}={value} is not a release name (letters, digits and . _ + - only)")
+        raise _user_error(f"{name}={value} is not a release name "
+                          "(letters, digits and . _ + - only)")
 
 
 def _command_line(env) -> None:
@@ -346,6 +362,7 @@ def _release_action(target, source, env) -> int:
     flags_env = _first_object_env(source) or env
     top = env.Dir("#").get_abspath()
     dest = Path(_release_dir(env, version).get_abspath())
+    before = _read_text(dest / MANIFEST)
     try:
         snapshot = make_snapshot(
             dest, version, programs, _compiler(flags_env)[0],
@@ -353,9 +370,17 @@ def _release_action(target, source, env) -> int:
             _portable(_args(flags_env, "LINKFLAGS"), top), force=force)
     except KatanaError as e:
         raise _error(target, e) from None
-    print(f"katana: release {version}: {', '.join(snapshot.program_names())} "
-          f"({len(snapshot.files())} files) in {os.path.relpath(dest, top)}")
+    state = "unchanged" if _read_text(dest / MANIFEST) == before else "written"
+    print(f"katana: {os.path.relpath(dest, top)} {state}: "
+          f"{', '.join(snapshot.program_names())} ({len(snapshot.files())} files)")
     return 0
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _first_object_env(programs):
@@ -370,18 +395,18 @@ def _first_object_env(programs):
 def _load_release(env, version: str) -> Snapshot:
     path = _release_dir(env, version)
     if not os.path.isdir(path.get_abspath()):
-        raise SCons.Errors.UserError(
-            f"katana: release {version} has no snapshot ({path.get_path()} does not exist); "
-            f"make it from the {version} sources with: scons release VERSION={version}")
+        raise _user_error(f"release {version} has no snapshot ({path.get_path()} does not exist); "
+                          f"make it from the {version} sources with: scons release "
+                          f"VERSION={version}")
     try:
         return Snapshot.load(path.get_abspath())
     except KatanaError as e:
-        raise SCons.Errors.UserError(f"katana: {_describe(e)}") from None
+        raise _user_error(_describe(e)) from None
 
 
 def _declare_patches(env, old_version: str, new_version: str) -> None:
     if old_version == new_version:
-        raise SCons.Errors.UserError(f"katana: FROM and TO are both {old_version}")
+        raise _user_error(f"FROM and TO are both {old_version}: a patch needs two releases")
     old, new = _load_release(env, old_version), _load_release(env, new_version)
     for program in old.program_names():
         if program not in new.program_names():
@@ -445,7 +470,7 @@ def generate(env) -> None:
         KATANA_RELEASES="#releases",
         KATANA_PATCHES="#patches",
         KATANA_RELEASECOM=_release,
-        KATANA_RELEASECOMSTR="katana: snapshot of the release",
+        KATANA_RELEASECOMSTR="katana: snapshot of release $VERSION",
         KATANA_PATCHCOM=_patch,
         KATANA_PATCHCOMSTR="katana: patch $TARGET",
     )

@@ -197,6 +197,15 @@ def test_attach_all_threads_and_write_a_global(build, spawn, variant):
     target.expect(r"^watched 1234$")
 
 
+def test_second_tracer_is_refused(build, spawn):
+    target = spawn(build("engine_target"))
+    target.expect(r"^ready")
+    with Process(target.pid) as proc:
+        with pytest.raises(TargetError, match=f"already traced by process {os.getpid()}"):
+            Process(target.pid).attach()
+        assert proc.attached and tracer_pid(target.pid) == os.getpid()
+
+
 def test_signal_during_injection_is_redelivered_with_its_siginfo(build, spawn):
     target = spawn(build("engine_target"))
     target.expect(r"^ready")
@@ -251,6 +260,30 @@ def test_pokedata_fallback_writes_exactly(build, spawn, monkeypatch):
 
 
 # -- injection, allocation, redirection -----------------------------------------------------------
+
+
+def test_alloc_candidates_respect_reach_heap_and_2g():
+    def mapping(start, end, path=""):
+        return procfs.Mapping(start, end, "r-xp", 0, "00:00", 0, path)
+
+    page, size = 0x1000, 0x3000
+    exe, heap = (0x400000, 0x500000), (0x600000, 0x700000)
+    maps = [mapping(*exe, "/prog"), mapping(*heap, "[heap]")]
+    found = alloc.candidates(maps, exe, size, below_2g=True, heap=heap, min_addr=0x10000)
+    # Nearest first: just below the executable and just above it, a guard page apart; then
+    # above the heap's reserve; all below 2 GiB.
+    assert found == [exe[0] - page - size, exe[1] + page, heap[1] + alloc.HEAP_RESERVE]
+    assert alloc.candidates(maps, exe, 0x8000_0000, below_2g=True, heap=heap) == []
+
+    base = 0x5555_0000_0000  # a PIE: only +-2 GiB around it
+    exe = (base, base + 0x10000)
+    found = alloc.candidates([mapping(*exe, "/prog")], exe, size, below_2g=False)
+    assert found == [base - page - size, base + 0x10000 + page]
+    big = 2**31 - 0x20000  # just fits on either side
+    found = alloc.candidates([mapping(*exe, "/prog")], exe, big, below_2g=False)
+    assert len(found) == 2
+    assert all(a + big - exe[0] < 2**31 and exe[1] - a < 2**31 for a in found)
+    assert alloc.candidates([mapping(*exe, "/prog")], exe, big + 0x10000, below_2g=False) == []
 
 
 @pytest.mark.parametrize("variant", ["pie", "nopie"])
@@ -315,6 +348,13 @@ def test_blocked_syscalls_restart_after_injection(build, spawn):
             assert proc.get_regs(tid).as_dict() == before
         with pytest.raises(inject.SyscallError, match="EINVAL"):
             inject.munmap(proc, 1, 4096, tid=reader)  # unaligned
+        # Without a syscall gadget, two bytes at the thread's RIP are borrowed and given back.
+        proc.memo["syscall"] = None
+        before = proc.get_regs(reader).as_dict()
+        code = proc.read(before["rip"] - 4, 8)
+        assert inject.syscall(proc, SYS_getpid, tid=reader) == pid
+        assert proc.read(before["rip"] - 4, 8) == code
+        assert proc.get_regs(reader).as_dict() == before
         mark = target.mark()
     target.send(b"hello\n")
     target.expect(r"^read hello$", start=mark)
@@ -347,6 +387,11 @@ def test_ifunc_resolves_to_the_implementation(build, spawn):
         assert inject.call(proc, strlen, (page,)) == 13
         assert inject.call(proc, strlen, (page + 13,)) == 0
         assert proc.get_regs(tid).as_dict() == regs and proc.get_fpstate(tid) == fpstate
+        # Without an int3 in library text, a scratch page holds the trap and is freed after.
+        proc.memo["int3"] = None
+        maps = proc.maps()
+        assert inject.call(proc, strlen, (page + 7,)) == 6
+        assert proc.maps() == maps
         inject.munmap(proc, page, 4096)
         mark = target.mark()
     target.expect(r"^tick", start=mark)

@@ -6,7 +6,9 @@ and driven over real sockets and through kv.
 """
 
 import os
+import re
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -326,10 +328,10 @@ def test_short_reads_and_writes(builds, short_io_shim, build):
             sock.sendall(requests.encode())
             sock.shutdown(socket.SHUT_WR)
             with sock.makefile("rb") as reader:
-                replies = reader.read().decode()
+                replies = reader.read()
         expected = ["OK", *[f"VALUE {value}"] * 300, "ERR unknown command", "ERR line too long",
                     "PONG"]
-        assert replies == "".join(line + "\n" for line in expected)
+        assert replies == "".join(line + "\n" for line in expected).encode()
         assert proc.poll() is None
     finally:
         proc.kill()
@@ -528,6 +530,38 @@ def test_hits_is_new_in_v2(start_kvd, connect, version):
     assert conn.request("HITS a") == "ERR unknown command"
 
 
+# --- the README's sessions --------------------------------------------------------------------
+
+def readme_sessions():
+    """(version, [(kv arguments, expected output)]) for each session the README shows."""
+    text = (EXAMPLE / "README.md").read_text()
+    blocks = re.findall(r"<!-- session (v\d) -->\n```console\n(.*?)```", text, re.S)
+    sessions = []
+    for version, block in blocks:
+        steps = []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                command = shlex.split(line[2:])
+                assert command[:2] == ["kv", "$PORT"], line
+                steps.append((command[2:], ""))
+            else:
+                steps[-1] = (steps[-1][0], steps[-1][1] + line + "\n")
+        sessions.append((version, steps))
+    return sessions
+
+
+def test_readme_has_a_session_per_release():
+    assert [version for version, _ in readme_sessions()] == ["v0", "v1", "v2"]
+
+
+@pytest.mark.parametrize("version,steps", [pytest.param(*s, id=s[0]) for s in readme_sessions()])
+def test_readme_sessions(builds, start_kvd, version, steps):
+    port = start_kvd(version).port
+    for args, expected in steps:
+        result = kv(builds, version, port, *args)
+        assert (result.returncode, result.stdout) == (0, expected), args
+
+
 # --- kv, the client -----------------------------------------------------------------------------
 
 def test_kv_sends_one_request(builds, server):
@@ -572,27 +606,31 @@ def test_kv_refuses_a_newline_in_an_argument(builds, server):
     assert result.stdout == ""
 
 
-def test_kv_reports_a_server_that_hangs_up(builds):
-    with socket.socket() as listener:  # accepts, reads the request, closes without a reply
+@pytest.mark.parametrize("answer,error", [
+    (b"", "kv: connection closed before the reply\n"),
+    (b"PO", "kv: connection closed before the reply\n"),
+    (b"x" * 2000, "kv: reply line too long\n"),
+])
+def test_kv_reports_a_broken_reply(builds, answer, error):
+    with socket.socket() as listener:  # a fake server: reads the request, answers, hangs up
         listener.bind(("127.0.0.1", 0))
         listener.listen()
+        listener.settimeout(TIMEOUT)
         port = listener.getsockname()[1]
         client = subprocess.Popen([builds["v0"].kv, str(port), "PING"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            listener.settimeout(TIMEOUT)
             conn, _ = listener.accept()
             with conn:
                 conn.settimeout(TIMEOUT)
                 assert conn.recv(100) == b"PING\n"
+                conn.sendall(answer)
             out, err = client.communicate(timeout=TIMEOUT)
         finally:
             if client.poll() is None:
                 client.kill()
                 client.wait(TIMEOUT)
-    assert client.returncode == 1
-    assert out == ""
-    assert err.startswith("kv: connection closed before the reply")
+    assert (client.returncode, out, err) == (1, "", error)
 
 
 # --- the releases as a hot patch sees them ----------------------------------------------------

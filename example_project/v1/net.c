@@ -58,7 +58,8 @@ int net_listen(unsigned port, unsigned *bound)
         perror("kvd: socket");
         return -1;
     }
-    /* Lets a restarted kvd bind its port while old connections sit in TIME_WAIT. */
+    /* Lets a restarted kvd bind its port while old connections sit in TIME_WAIT; if it fails,
+     * bind() says so when it matters. */
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0
         || listen(fd, SOMAXCONN) < 0
@@ -223,9 +224,13 @@ static void accept_clients(int listen_fd)
         }
         struct client *c = free_client();
 
-        if (c == NULL || set_nonblocking(fd) < 0) {
-            /* Best effort on a fresh socket, whose send buffer is empty. */
+        if (c == NULL) {
+            /* A fresh socket's send buffer is empty: this one send() goes through. */
             send(fd, busy_reply, sizeof busy_reply - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+            close(fd);
+            continue;
+        }
+        if (set_nonblocking(fd) < 0) {
             close(fd);
             continue;
         }

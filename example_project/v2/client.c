@@ -133,7 +133,7 @@ static int run_request(struct reader *r, int argc, char **argv)
         size_t n = strlen(argv[i]);
 
         if (strchr(argv[i], '\n') != NULL || len + n + 2 > sizeof request) {
-            fputs("kv: a request is one line of at most 1022 bytes\n", stderr);
+            fprintf(stderr, "kv: a request is one line of at most %d bytes\n", LINE_SIZE - 2);
             return 2;
         }
         if (i > 0)

@@ -88,6 +88,10 @@ class ObjSection:
             return "text"
         if self.type == SHT_NOBITS:
             return "bss"
+        # .data.rel.ro is constant data with pointers: writable only until the dynamic linker has
+        # relocated it (RELRO), so it is compared and copied like any read-only data.
+        if self.name.startswith(".data.rel.ro"):
+            return "rodata"
         return "data" if self.is_writable else "rodata"
 
 

@@ -94,7 +94,7 @@ def candidates(
             continue
         # Hug the executable: the top of a gap below it, the bottom of a gap above it.
         found.append(_page_down(b - size) if b <= exe_low else _page_up(a))
-    return sorted(found, key=lambda addr: min(abs(addr - exe_low), abs(addr + size - exe_high)))
+    return sorted(found, key=lambda addr: max(exe_low - (addr + size), addr - exe_high))
 
 
 def _heap(pid: int, maps: list[Mapping]) -> tuple[int, int]:

@@ -132,7 +132,11 @@ def _plan_redirects(plan: Plan) -> None:
                 raise ApplyError(f"{name} is {exe_sym.size} bytes long, too short for a jump",
                                  hint="build with the katana SCons tool's flags")
             address = exe_sym.address + plan.bias
-            expected = sites[address].new if address in sites else f.old_code
+            # Not yet redirected: it must still hold what the executable file has there. (The
+            # PO's old_code is the FROM build's bytes, which for a stacked patch is another
+            # executable: its call displacements differ from the running one's.)
+            expected = sites[address].new if address in sites else \
+                plan.exe.read(exe_sym.address, max(exe_sym.size, JMP_SIZE))
             plan.redirects.append(Redirect(name, address, expected))
         for record in plan.records:  # earlier patches' copies jump on to the newest
             if key(name, file) in record.functions:
@@ -203,7 +207,8 @@ def _record(plan: Plan, base: int, sites: list[Site]) -> Record:
         if sym.kind in ("func", "object") and sym.section is not None:
             rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
                 _new_address(plan, base, i)
-        elif sym.section is None and i in plan.externals:
+        elif sym.section is None and i in plan.externals and i not in plan.far:
+            # library symbols are looked up afresh by the next patch (they need a stub)
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
     rec.sites = sites

@@ -98,7 +98,7 @@ class Fingerprinter:
             return ("extern", normalize_name(sym.name), reloc.addend)
         shndx, off = self.target(source, reloc)  # type: ignore[misc]
         sec = self.obj.sections[shndx]
-        if sec.is_text or sec.is_writable or sec.kind == "bss":
+        if sec.kind in ("text", "data", "bss"):
             named = self.obj.symbol_at(shndx, off)
             if named is None:
                 return ("anon", sec.name, off)

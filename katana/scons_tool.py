@@ -127,14 +127,21 @@ def _satisfies(arg: str, flag: str) -> bool:
     return arg == flag
 
 
-def _has(env, var: str, flag: str) -> bool:
-    return any(_satisfies(arg, flag) for arg in _args(env, var))
+def _count(env, var: str, flag: str) -> int:
+    return sum(_satisfies(arg, flag) for arg in _args(env, var))
 
 
 def _append(env, var: str, flag: str) -> None:
     # CLVar splits a user's string value ('-O2 -g') the way a command line would, so that the
     # variable stays one flat list of arguments.
     env[var] = SCons.Util.CLVar(env.get(var, [])) + [flag]
+
+
+def _remove(env, var: str, flag: str) -> None:
+    args = list(SCons.Util.CLVar(env.get(var, [])))
+    if flag in args:
+        del args[len(args) - 1 - args[::-1].index(flag)]
+        env[var] = SCons.Util.CLVar(args)
 
 
 def _gcc_major(env) -> int | None:
@@ -180,35 +187,40 @@ def _compile_flags(env) -> list[str]:
     return flags
 
 
-def _require_compile_flag(env, flag: str) -> None:
-    if _has(env, "CCFLAGS", flag):
-        return
-    in_c, in_cxx = _has(env, "CFLAGS", flag), _has(env, "CXXFLAGS", flag)
-    if in_c and in_cxx:
-        return
-    var = "CXXFLAGS" if in_c else "CFLAGS" if in_cxx else "CCFLAGS"
-    _append(env, var, flag)
-    if var == "CCFLAGS":
-        env["_KATANA_ADDED"] = [*env.get("_KATANA_ADDED", []), flag]
+def _placement(env, flag: str, ours: str | None) -> str | None:
+    """Where the tool's copy of ``flag`` belongs (None: the user's own flags already do it)."""
+    def given(var: str) -> bool:
+        return _count(env, var, flag) - (var == ours) > 0
 
-
-def _drop_outline_flags(env) -> None:
-    """Take back the outlining flags the tool added, once KATANA_OUTLINE_CALLEES is turned off."""
-    added = [flag for flag in env.get("_KATANA_ADDED", []) if flag in _OUTLINE_CALLEES]
-    if added:
-        env["CCFLAGS"] = [f for f in SCons.Util.CLVar(env["CCFLAGS"]) if f not in added]
-        env["_KATANA_ADDED"] = [f for f in env["_KATANA_ADDED"] if f not in added]
+    if flag in _LINK_FLAGS:
+        return None if given("LINKFLAGS") else "LINKFLAGS"
+    if given("CCFLAGS") or (given("CFLAGS") and given("CXXFLAGS")):
+        return None
+    return "CXXFLAGS" if given("CFLAGS") else "CFLAGS" if given("CXXFLAGS") else "CCFLAGS"
 
 
 def _require_flags(env) -> None:
-    """Add every flag patching needs that the compile and link lines lack, without doubling."""
-    for flag in _compile_flags(env):
-        _require_compile_flag(env, flag)
-    if not env.get("KATANA_OUTLINE_CALLEES", True):
-        _drop_outline_flags(env)
-    for flag in _LINK_FLAGS:
-        if not _has(env, "LINKFLAGS", flag):
-            _append(env, "LINKFLAGS", flag)
+    """Put every flag patching needs on the compile and link lines, each exactly once.
+
+    The user's flags may change after the tool loaded: Environment(CFLAGS=...) even restores
+    its value after the tools ran. So the tool remembers where it put each flag of its own, and
+    moves or withdraws it when the user's flags now do the job (or the option was turned off).
+    """
+    placed = dict(env.get("_KATANA_PLACED", {}))
+    wanted = _compile_flags(env) + _LINK_FLAGS
+    for flag in wanted + [flag for flag in placed if flag not in wanted]:
+        ours = placed.pop(flag, None)
+        if ours and not any(arg == flag for arg in _args(env, ours)):
+            ours = None  # the user replaced that variable since
+        want = _placement(env, flag, ours) if flag in wanted else None
+        if ours != want:
+            if ours:
+                _remove(env, ours, flag)
+            if want:
+                _append(env, want, flag)
+        if want:
+            placed[flag] = want
+    env["_KATANA_PLACED"] = placed
 
 
 def _refuse_flags(env) -> None:

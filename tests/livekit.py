@@ -24,11 +24,13 @@ CFLAGS = ["-g", "-O2", "-ffunction-sections", "-fdata-sections", "-flive-patchin
 LDFLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1", "-pthread"]
 
 
-def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True) -> Path:
+def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
+                  cflags: tuple[str, ...] = ()) -> Path:
     """Compile every .c of ``src`` into objects under ``out`` and link ``out/program``.
 
     Sources are copied first so that objects of every version are built from the same path
-    (as the SCons tool arranges with -ffile-prefix-map)."""
+    (as the SCons tool arranges with -ffile-prefix-map). ``cflags`` are added to every compile
+    (a -D, or an -O3 flag a scenario needs)."""
     out.mkdir(parents=True, exist_ok=True)
     pic = ["-fPIE"] if pie else ["-fno-pie"]
     objects = []
@@ -38,7 +40,7 @@ def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True)
         shutil.copy(h, out / h.name)
     for c in sorted(out.glob("*.c")):
         obj = c.with_suffix(".o")
-        subprocess.run(["gcc", *CFLAGS, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
+        subprocess.run(["gcc", *CFLAGS, *cflags, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
                         "-o", obj.name], cwd=out, check=True)
         objects.append(obj.name)
     subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, "-o", program],
@@ -46,8 +48,11 @@ def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True)
     return out / program
 
 
-def build_scenario(name: str, tmp: Path, pie: bool = True, versions=("v0", "v1")) -> dict:
-    return {v: build_version(SCENARIOS / name / v, tmp / v, pie=pie) for v in versions}
+def build_scenario(name: str, tmp: Path, pie: bool = True, versions=("v0", "v1"),
+                   cflags: tuple[str, ...] = ()) -> dict:
+    """Build each version of ``tests/scenarios/<name>`` into ``tmp/<version>``: version -> exe."""
+    return {v: build_version(SCENARIOS / name / v, tmp / v, pie=pie, cflags=cflags)
+            for v in versions}
 
 
 def katana(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 from katana.engine import alloc, inject, procfs, ptrace, safepoint
 from katana.engine.dynsym import library_symbols
+from katana.engine.memory import Memory
 from katana.engine.process import Process
 from katana.engine.safepoint import Range
 from katana.engine.symbols import ProcessSymbols
@@ -243,7 +244,7 @@ def test_pokedata_fallback_writes_exactly(build, spawn, monkeypatch):
     def no_proc_mem(*args):
         raise AssertionError("/proc/PID/mem must not be written")
 
-    monkeypatch.setattr(Process, "_pwrite", no_proc_mem)
+    monkeypatch.setattr(Memory, "_pwrite", no_proc_mem)
     with Process(target.pid, use_proc_mem=False, check_writes=True) as proc:
         symbols = ProcessSymbols(proc)
         buffer, _ = symbols.lookup("buffer")

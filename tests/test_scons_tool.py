@@ -82,8 +82,15 @@ def test_flags_the_user_gave_in_another_spelling_are_kept(tmp_path):
 
 def test_a_flag_in_both_cflags_and_cxxflags_is_not_added(tmp_path):
     env = katana_env(CFLAGS=["-fdata-sections"], CXXFLAGS=["-fdata-sections"])
-    assert "-fdata-sections" not in env.subst("$CCFLAGS").split()
     assert compile_args(env, tmp_path).count("-fdata-sections") == 1
+    assert "-fdata-sections" not in env.subst("$CCFLAGS").split()
+    assert env.subst("$CXXFLAGS").split().count("-fdata-sections") == 1
+
+
+def test_a_flag_in_cflags_only_is_added_for_cxx_only(tmp_path):
+    env = katana_env(CFLAGS="-std=c11 -g")
+    assert compile_args(env, tmp_path).count("-g") == 1
+    assert env.subst("$CXXFLAGS").split().count("-g") == 1
 
 
 def test_flags_appended_after_loading_count(tmp_path):
@@ -120,14 +127,24 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("var,flag", REFUSED)
-def test_flags_that_defeat_patching_are_refused_when_loading(var, flag):
+def test_flags_that_defeat_patching_are_refused(tmp_path, var, flag):
+    # at the latest when the objects and the program are declared (the tools SCons loads before
+    # katana reset CFLAGS, which Environment() only puts back afterwards)
     with pytest.raises(SCons.Errors.UserError) as error:
-        katana_env(**{var: [flag]})
+        env = katana_env(**{var: [flag]})
+        compile_args(env, tmp_path)
+        link_args(env, tmp_path)
     message = str(error.value)
     assert var in message and "remove it" in message
     named = flag.split(",")[-1] if flag.startswith("-Wl,") else flag
     assert named.lstrip("-") in message
     assert "test_scons_tool.py" in message  # the line of the build description that did it
+
+
+@pytest.mark.parametrize("var,flag", [("CCFLAGS", "-flto"), ("CCFLAGS", "-g0")])
+def test_flags_given_to_the_environment_are_refused_when_loading(var, flag):
+    with pytest.raises(SCons.Errors.UserError, match=re.escape(flag)):
+        katana_env(**{var: [flag]})
 
 
 @pytest.mark.parametrize("var,flag", [("CCFLAGS", "-flto"), ("CCFLAGS", "-g0"),
@@ -200,8 +217,8 @@ SCONSTRUCT = """\
 from katana.scons_tool import TOOLPATH
 V = ARGUMENTS.get('VERSION', 'v0')
 env = Environment(tools=['default', 'katana'], toolpath=[TOOLPATH], CCFLAGS='-O2 -g')
-env.Append(CCFLAGS=ARGUMENTS.get('EXTRA_CCFLAGS', '').split(),
-           LINKFLAGS=ARGUMENTS.get('EXTRA_LINKFLAGS', '').split())
+env.Append(CCFLAGS=' ' + ARGUMENTS.get('EXTRA_CCFLAGS', ''),
+           LINKFLAGS=' ' + ARGUMENTS.get('EXTRA_LINKFLAGS', ''))
 env.VariantDir('build/' + V, 'src/' + V, duplicate=False)
 env.Program('build/%s/app' % V, ['build/%s/%s.c' % (V, n) for n in ('main', 'store', 'util')])
 """
@@ -237,6 +254,7 @@ int store_put(int key, int value)
 
 
 def make_project(root):
+    root.mkdir(parents=True)
     (root / "SConstruct").write_text(SCONSTRUCT)
     for version in ("v0", "v1"):
         src = root / "src" / version

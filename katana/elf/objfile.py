@@ -1,7 +1,8 @@
 """Relocatable objects (``.o``) as plain data: sections, symbols and relocations.
 
-pyelftools parses lazily and its objects keep the file open; the generator compares many sections of
-two objects and walks relocations back and forth, so each object is read once into small dataclasses.
+pyelftools parses lazily and its objects keep the file open; the generator compares many
+sections of two objects and walks relocations back and forth, so each object is read once into
+small dataclasses.
 """
 
 from __future__ import annotations

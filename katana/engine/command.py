@@ -42,7 +42,8 @@ def _targets(patch: Path, pids: list[str]) -> list[int]:
     try:
         return [int(p) for p in pids]
     except ValueError:
-        raise UsageError(f"not a process id: {' '.join(pids)}", hint="give numbers, or 'all'")
+        raise UsageError(f"not a process id: {' '.join(pids)}",
+                         hint="give numbers, or 'all'") from None
 
 
 def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = False,

@@ -101,7 +101,8 @@ def syscall(process: Process, nr: int, *args: int, tid: int | None = None) -> in
     """Execute system call ``nr`` with up to six arguments in a stopped thread; return raw rax.
 
     Runs a ``syscall`` instruction that already exists in the vdso or libc (so no byte of the
-    target changes); only where none exists are two bytes at the thread's RIP borrowed.
+    target changes); only where none exists are two bytes at the thread's RIP borrowed. Meant for
+    calls that do not block (mmap, munmap, mprotect, ...): we wait for the single step to end.
     """
     if len(args) > 6:
         raise ValueError("a system call takes at most six arguments")

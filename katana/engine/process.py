@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from katana.engine import procfs
 from katana.engine import ptrace as pt
+from katana.engine.memory import Memory
 from katana.errors import ApplyError, TargetError
 
 T = TypeVar("T")
@@ -48,15 +49,13 @@ class Process:
 
     def __init__(self, pid: int, *, check_writes: bool = False, use_proc_mem: bool = True) -> None:
         self.pid = pid
-        self.check_writes = check_writes
-        self.use_proc_mem = use_proc_mem
+        self.memory = Memory(pid, check_writes=check_writes, use_proc_mem=use_proc_mem)
         self.tids: list[int] = []
         self.attached = False
         # Per-attachment cache for engine helpers (syscall gadget, trap address): cleared on
         # detach, since the process may map and unmap while it runs.
         self.memo: dict[str, object] = {}
         self._pending: dict[int, list[tuple[int, bytes | None]]] = {}
-        self._mem_fd: int | None = None
         self._owner: int | None = None
 
     # -- attach / detach ---------------------------------------------------------------------
@@ -85,7 +84,7 @@ class Process:
                         self.tids.append(tid)
             if not self.tids:
                 raise TargetError(f"no process {self.pid}", hint="it exited while attaching")
-            self._mem_fd = self._open_mem()
+            self.memory.open(self._leader_or_first())
         except BaseException:
             self._detach_all()
             raise
@@ -113,9 +112,7 @@ class Process:
         self._detach_all()
 
     def _detach_all(self) -> None:
-        if self._mem_fd is not None:
-            os.close(self._mem_fd)
-            self._mem_fd = None
+        self.memory.close()
         errors = []
         for tid in self.tids:
             try:
@@ -184,12 +181,6 @@ class Process:
             hint="run as root or with CAP_SYS_PTRACE, or as the process owner with "
             "/proc/sys/kernel/yama/ptrace_scope set to 0",
         )
-
-    def _open_mem(self) -> int | None:
-        try:
-            return os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
-        except OSError:
-            return None  # reads and writes go through PTRACE_PEEKDATA/POKEDATA
 
     # -- waiting and signals -----------------------------------------------------------------
 
@@ -285,6 +276,9 @@ class Process:
     def main_tid(self) -> int:
         """The thread used for memory access and injection by default: the leader if alive."""
         self._require_attached()
+        return self._leader_or_first()
+
+    def _leader_or_first(self) -> int:
         return self.pid if self.pid in self.tids else self.tids[0]
 
     def get_regs(self, tid: int) -> pt.Regs:
@@ -314,76 +308,18 @@ class Process:
         return procfs.read_maps(self.pid)
 
     def read(self, addr: int, size: int) -> bytes:
-        """Read ``size`` bytes at ``addr`` (/proc/PID/mem, else PTRACE_PEEKDATA)."""
+        """Read ``size`` bytes at ``addr`` (see ``Memory.read``)."""
         self._require_attached()
-        if self._mem_fd is not None:
-            try:
-                data = os.pread(self._mem_fd, size, addr)
-                if len(data) == size:
-                    return data
-            except (OSError, OverflowError):
-                pass
-        try:
-            return self._peek_read(addr, size)
-        except OSError as e:
-            raise TargetError(
-                f"cannot read {size} bytes at {addr:#x} in process {self.pid}: {e.strerror}"
-            ) from None
+        return self.memory.read(addr, size)
 
     def read_u64(self, addr: int) -> int:
         """The little-endian 8-byte word at ``addr``."""
         return int.from_bytes(self.read(addr, 8), "little")
 
     def write(self, addr: int, data: bytes) -> None:
-        """Write ``data`` at ``addr``, even into read-only text.
-
-        /proc/PID/mem is used when it can (one syscall; the kernel forces the write past page
-        protections for a tracer); otherwise PTRACE_POKEDATA, one word at a time.
-        """
+        """Write ``data`` at ``addr``, even into read-only text (see ``Memory.write``)."""
         self._require_attached()
-        if not (self.use_proc_mem and self._pwrite(addr, data)):
-            try:
-                self._poke_write(addr, data)
-            except OSError as e:
-                raise ApplyError(
-                    f"cannot write {len(data)} bytes at {addr:#x} in process {self.pid}: "
-                    f"{e.strerror}"
-                ) from None
-        if self.check_writes and self.read(addr, len(data)) != data:
-            raise ApplyError(
-                f"write of {len(data)} bytes at {addr:#x} in process {self.pid} did not stick",
-                hint="the kernel may forbid writing this memory; report this with your kernel "
-                "version",
-            )
-
-    def _pwrite(self, addr: int, data: bytes) -> bool:
-        if self._mem_fd is None:
-            return False
-        try:
-            return os.pwrite(self._mem_fd, data, addr) == len(data)
-        except (OSError, OverflowError):
-            return False
-
-    def _peek_read(self, addr: int, size: int) -> bytes:
-        tid = self.main_tid
-        start = addr & ~7
-        words = b"".join(
-            pt.peek(tid, a).to_bytes(8, "little") for a in range(start, addr + size, 8)
-        )
-        return words[addr - start : addr - start + size]
-
-    def _poke_write(self, addr: int, data: bytes) -> None:
-        # Whole aligned words never cross a page, so the tail's read-modify-write cannot touch
-        # an unmapped page.
-        tid = self.main_tid
-        end = addr + len(data)
-        for word_addr in range(addr & ~7, end, 8):
-            lo, hi = max(addr, word_addr), min(end, word_addr + 8)
-            chunk = data[lo - addr : hi - addr]
-            if len(chunk) < 8:
-                old = pt.peek(tid, word_addr).to_bytes(8, "little")
-                chunk = old[: lo - word_addr] + chunk + old[hi - word_addr :]
-            pt.poke(tid, word_addr, int.from_bytes(chunk, "little"))
+        self.memory.write(addr, data)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -63,7 +63,8 @@ def _warnings(diff: Diff, meta: Meta) -> None:
         for fn in pair.old.functions():
             if normalize_name(fn.name) not in new_names and not _is_child(fn.name):
                 meta.warnings.append(f"{pair.relpath}: function {fn.name} removed in "
-                                     f"{diff.new.label}; the running copy stays, unused by new code")
+                                     f"{diff.new.label}; the running copy stays, unused by new "
+                                     "code")
 
 
 def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:

@@ -7,7 +7,8 @@ A PO is a small relocatable program: ``sections`` hold the new and changed code 
 ``relocs`` inside each section say how to link them, and ``symbols`` are either defined by the PO
 (``section`` is an index) or external (``section`` is None): an existing function or variable of the
 running program, found by identity (``name`` plus ``object`` for a local symbol), or a symbol of a
-loaded shared library (``object`` None, not found in the program). ``meta`` says what the patch does.
+loaded shared library (``object`` None, not found in the program). ``meta`` says what the patch
+does.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class FieldOp:
     kind "copy": copy ``size`` bytes from ``src`` (old offset) to ``dst`` (new offset).
     kind "struct": the sub-object at ``src`` is transformed by ``types[type]`` into ``dst``.
     kind "array": ``count`` elements, old stride ``src_stride``, new stride ``dst_stride``, each
-                  transformed by ``types[type]`` (or copied, ``size`` bytes each, when type is None).
+                  transformed by ``types[type]`` (or copied, ``size`` bytes each, when type is
+                  None).
     kind "pointer": an 8-byte pointer at ``src``; its pointee (of old type ``types[type]``) moves
                     to new storage, transformed, and the pointer at ``dst`` points to it.
     Bytes of the new value that no op writes are zero.

@@ -1,0 +1,3 @@
+#include "common.h"
+
+const int scale = 5;

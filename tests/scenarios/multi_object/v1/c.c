@@ -1,0 +1,6 @@
+#include "parts.h"
+
+int __attribute__((noinline)) part_c(int x)
+{
+    return x * 3 + (x >> 2) + 3;
+}

@@ -1,0 +1,17 @@
+/* new-global: v1's compute() uses bonus, a new initialised global. */
+#include <stdio.h>
+#include <unistd.h>
+
+int __attribute__((noinline)) compute(int x)
+{
+    return x * 2;
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int tick = 1;; tick++) {
+        printf("tick %d result %d\n", tick, compute(tick));
+        usleep(20000);
+    }
+}

@@ -1,0 +1,21 @@
+/* new-global: v1's compute() uses bonus, a new initialised global. */
+#include <stdio.h>
+#include <unistd.h>
+
+int bonus = 4000;
+
+int __attribute__((noinline)) compute(int x)
+{
+    (void)x;
+    bonus += 1;
+    return bonus;
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int tick = 1;; tick++) {
+        printf("tick %d result %d\n", tick, compute(tick));
+        usleep(20000);
+    }
+}

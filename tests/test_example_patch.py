@@ -1,0 +1,154 @@
+"""The example server, built and snapshotted by SCons, patched live while a client keeps talking.
+
+v0 -> v1 (bug fix, reply text, new helper) under load: no request fails, no key is lost, the fix
+appears. Then v1 -> v2 stacked on the same server (the entry struct gains a field in the middle of
+a 1024-entry table), and v0 -> v2 in one patch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from livekit import Live, katana
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.live, pytest.mark.scons]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the repository's example with releases v0, v1, v2 and the patches made."""
+    root = tmp_path_factory.mktemp("example")
+    for name in ("SConstruct", "site_scons", "example_project"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    scons = [sys.executable, "-m", "SCons", "-Q"]
+    for version in ("v0", "v1", "v2"):
+        subprocess.run([*scons, "release", f"VERSION={version}"], cwd=root, check=True,
+                       capture_output=True)
+    for a, b in (("v0", "v1"), ("v1", "v2")):
+        subprocess.run([*scons, "patch", f"FROM={a}", f"TO={b}"], cwd=root, check=True,
+                       capture_output=True)
+    katana("generate", "-o", str(root / "patches/kvd-v0-v2.po"), str(root / "releases/v0"),
+           str(root / "releases/v2"), "kvd", check=True)
+    return root
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rw")
+
+    def ask(self, line: str) -> str:
+        self.file.write(line + "\n")
+        self.file.flush()
+        return self.file.readline().rstrip("\n")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def server(project):
+    live = Live([str(project / "releases/v0/kvd"), "0"])
+    try:
+        port = int(live.wait_for(r"kvd v0 listening on 127\.0\.0\.1:(\d+)").group(1))
+        yield live, port
+    finally:
+        live.kill()
+
+
+def _fill(client: Client, n: int = 50) -> None:
+    # fixed-width keys: none is a prefix of another, so v0's prefix-match bug stays out of the way
+    for i in range(n):
+        assert client.ask(f"SET key{i:02d} value{i}") == "OK"
+    assert client.ask("SET a 1") == "OK"
+
+
+def test_v0_to_v1_under_load(project, server):
+    live, port = server
+    client = Client(port)
+    _fill(client)
+    assert client.ask("GET ab") == "VALUE 1"  # the v0 bug: prefix match
+    failures: list[str] = []
+    stop = threading.Event()
+    done = []
+
+    def load() -> None:
+        other = Client(port)
+        i = 0
+        while not stop.is_set():
+            reply = other.ask(f"GET key{i % 50:02d}")
+            if reply != f"VALUE value{i % 50}":
+                failures.append(reply)
+            i += 1
+        done.append(i)
+        other.close()
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        result = katana("apply", str(project / "patches/kvd-v0-v1.po"), str(live.pid))
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "target stopped" in result.stdout
+    assert failures == [] and done and done[0] > 0
+    assert client.ask("GET ab") == "ERR no such key"
+    assert client.ask("SET b\x01 x") == "ERR bad key"
+    assert all(client.ask(f"GET key{i:02d}") == f"VALUE value{i}" for i in range(50))
+    assert live.alive()
+    client.close()
+
+
+def test_stacked_v1_to_v2_transforms_the_table(project, server):
+    live, port = server
+    client = Client(port)
+    _fill(client)
+    katana("apply", str(project / "patches/kvd-v0-v1.po"), str(live.pid), check=True)
+    result = katana("apply", str(project / "patches/kvd-v1-v2.po"), str(live.pid))
+    assert result.returncode == 0, result.stderr
+    assert all(client.ask(f"GET key{i:02d}") == f"VALUE value{i}" for i in range(50))
+    assert client.ask("HITS key07") == "HITS 1"
+    assert client.ask("GET key07") == "VALUE value7"
+    assert client.ask("HITS key07") == "HITS 2"
+    assert client.ask("SET fresh 9") == "OK" and client.ask("HITS fresh") == "HITS 0"
+    status = katana("status", str(live.pid), check=True).stdout
+    assert "v0 -> v1" in status and "v1 -> v2" in status and "running: v2" in status
+    # a patch made for v0 no longer fits this process
+    again = katana("apply", str(project / "patches/kvd-v0-v1.po"), str(live.pid))
+    assert again.returncode == 9 and "build-id" in again.stderr
+    client.close()
+
+
+def test_v0_to_v2_in_one_patch(project, server):
+    live, port = server
+    client = Client(port)
+    _fill(client)
+    result = katana("apply", str(project / "patches/kvd-v0-v2.po"), str(live.pid))
+    assert result.returncode == 0, result.stderr
+    assert all(client.ask(f"GET key{i:02d}") == f"VALUE value{i}" for i in range(50))
+    assert client.ask("GET ab") == "ERR no such key"
+    assert client.ask("HITS key03") == "HITS 1"  # one GET since the patch
+    client.close()
+
+
+def test_revert_v0_to_v1(project, server):
+    live, port = server
+    client = Client(port)
+    _fill(client)
+    katana("apply", str(project / "patches/kvd-v0-v1.po"), str(live.pid), check=True)
+    assert client.ask("GET ab") == "ERR no such key"
+    result = katana("revert", str(live.pid))
+    assert result.returncode == 0, result.stderr
+    assert client.ask("GET ab") == "VALUE 1"
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+    client.close()

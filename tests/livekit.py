@@ -121,3 +121,70 @@ class Live:
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc.stdout.close()
+
+
+# -- the target's code, as the CPU sees it ------------------------------------------------------
+
+def _exe_mappings(pid: int) -> list[tuple[int, int, str, int]]:
+    """(start, end, permissions, file offset) of each mapping of the process's executable."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    found = []
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].rstrip("\n") == exe:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                found.append((lo, hi, fields[1], int(fields[2], 16)))
+    return found
+
+
+def code_snapshot(pid: int) -> tuple[int, bytes]:
+    """(address, bytes) of the executable's code mapping (r-xp), read through /proc/PID/mem: what
+    the process runs, including any jump a patch wrote over it."""
+    for lo, hi, perms, _ in _exe_mappings(pid):
+        if perms.startswith("r-x"):
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                mem.seek(lo)
+                return lo, mem.read(hi - lo)
+    raise AssertionError(f"process {pid} has no executable code mapping of its program")
+
+
+def load_bias(pid: int, exe: Path) -> int:
+    """What to add to a link-time address of ``exe`` to get the address in process ``pid``."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(exe, "rb") as f:
+        first = min(s["p_vaddr"] for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD")
+    start = min(lo for lo, _, _, offset in _exe_mappings(pid) if offset == 0)
+    return start - (first & ~0xFFF)
+
+
+def function_addresses(exe: Path) -> dict[str, int]:
+    """Link-time address of every function symbol of ``exe`` (the first one of each name)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(exe, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        found: dict[str, int] = {}
+        for sym in symtab.iter_symbols():
+            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF":
+                found.setdefault(sym.name, sym["st_value"])
+    return found
+
+
+def changed_runs(before: tuple[int, bytes], after: tuple[int, bytes]) -> list[tuple[int, int]]:
+    """(address, length) of each run of bytes that differs between two code snapshots."""
+    (start, old), (start2, new) = before, after
+    assert start == start2 and len(old) == len(new), "the code mapping moved or changed size"
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(old):
+        if old[i] != new[i]:
+            j = i
+            while j < len(old) and old[j] != new[j]:
+                j += 1
+            runs.append((start + i, j - i))
+            i = j
+        else:
+            i += 1
+    return runs

@@ -402,11 +402,23 @@ def test_patch_needs_both_snapshots(project):
 def test_patch_from_a_damaged_snapshot_fails_cleanly(project):
     for version in ("v0", "v1"):
         ok(scons(project, "release", f"VERSION={version}"))
+    out = ok(scons(project, "patch", "FROM=v0", "TO=v1")).stdout
+    assert "app v0 -> v1" in out and (project / "patches" / "app-v0-v1.po").is_file()
+    # an object of TO that the manifest vouches for, but that the generator cannot read: the
+    # snapshot changed, so the patch is made again, and fails with the generator's one line
     manifest = project / "releases" / "v1" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format": 1', '"format": 99'))
+    store = project / "releases" / "v1" / "store.o"
+    store.write_bytes(b"not an object")
+    data = json.loads(manifest.read_text())
+    data["files"]["store.o"] = sha256(store)
+    manifest.write_text(json.dumps(data))
     result = scons(project, "patch", "FROM=v0", "TO=v1")
     assert result.returncode == 2
-    assert "unsupported manifest format 99" in result.stderr
+    assert re.search(r"\[patches/app-v0-v1.po\] katana: .*store.o", result.stderr)
+    assert "Traceback" not in result.stderr
+    manifest.write_text(manifest.read_text().replace('"format": 1', '"format": 99'))
+    result = scons(project, "patch", "FROM=v0", "TO=v1")
+    assert result.returncode == 2 and "unsupported manifest format 99" in result.stderr
     assert "Traceback" not in result.stderr
 
 

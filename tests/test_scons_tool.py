@@ -298,6 +298,40 @@ def defined_symbols(elf, kind):
             if s["st_info"]["type"] == kind and isinstance(s["st_shndx"], int)]
 
 
+TOOL_LOADING = {
+    # the usual way: import TOOLPATH from the package, then load the tool twice
+    "imported first": """\
+import sys
+from katana.scons_tool import TOOLPATH
+import katana
+package = katana
+Environment(tools=['default', 'katana'], toolpath=[TOOLPATH])
+Environment(tools=['default', 'katana'], toolpath=[TOOLPATH])
+assert sys.modules['katana'] is package
+""",
+    # a literal path: SCons finds the tool before anything imported the package
+    "literal path": """\
+import sys
+Environment(tools=['default', 'katana'], toolpath=[%r])
+package = sys.modules['katana']
+Environment(tools=['default', 'katana'], toolpath=[%r])
+assert sys.modules['katana'] is package
+""" % (scons_tool.TOOLPATH, scons_tool.TOOLPATH),
+}
+
+
+@pytest.mark.scons
+@pytest.mark.parametrize("how", sorted(TOOL_LOADING))
+def test_loading_the_tool_leaves_the_katana_package_in_place(tmp_path, how):
+    (tmp_path / "SConstruct").write_text(TOOL_LOADING[how] + """\
+import katana.generate.api
+assert package.__path__ and package.generate.api.generate_patch
+print('PACKAGE', package.__file__)
+""")
+    out = ok(scons(tmp_path, ".")).stdout
+    assert f"PACKAGE {Path(scons_tool.__file__).parent / '__init__.py'}" in out
+
+
 @pytest.mark.scons
 def test_release_of_a_project_loaded_through_toolpath(project):
     out = ok(scons(project, "release", "VERSION=v0")).stdout

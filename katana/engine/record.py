@@ -102,13 +102,14 @@ def _anonymous_mappings(pid: int) -> list[tuple[int, int]]:
 def read_records(pid: int) -> list[Record]:
     """Every patch applied to a process, oldest first."""
     records = []
+    maps = _anonymous_mappings(pid)  # first: names a missing process as such
     try:
         mem = open(f"/proc/{pid}/mem", "rb")
     except OSError as e:
         raise TargetError(f"cannot read the memory of process {pid}: {e.strerror}",
                           hint="run as root (or with CAP_SYS_PTRACE)") from e
     with mem:
-        for lo, _hi in _anonymous_mappings(pid):
+        for lo, _hi in maps:
             try:
                 mem.seek(lo)
                 header = mem.read(HEADER.size)

@@ -18,7 +18,6 @@ import difflib
 import os
 import re
 import shlex
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -31,6 +30,8 @@ import SCons.Tool
 import SCons.Util
 import SCons.Variables
 
+from katana import buildflags
+from katana.buildflags import LINK_FLAGS, Compiler
 from katana.errors import KatanaError, NoChangeError
 from katana.snapshot import MANIFEST, Snapshot, make_snapshot
 
@@ -41,46 +42,14 @@ TOOLPATH = str(Path(__file__).resolve().parent / "site_tools")
 #: bare name, which hides this package; the tool shims in site_tools put it back from here.
 PACKAGE = sys.modules[__package__]
 
-_DEBUG_INFO = "-g"
-_SECTIONS = ["-ffunction-sections", "-fdata-sections"]
-# GCC >= 9: restrict IPA to inlining and cloning, whose effects show in the callers' bytes or
-# symbol names; other IPA passes let callers depend on a callee's body invisibly.
-_LIVE_PATCHING = "-flive-patching=inline-clone"
-# GCC -O2 inlines small and once-called static functions into their callers; when the caller is a
-# loop that never returns, a change to the helper becomes a change to the loop, which is always on
-# the stack, so the patch could never be applied.
-_OUTLINE_CALLEES = ["-fno-inline-functions-called-once", "-fno-inline-small-functions"]
-# --emit-relocs keeps the relocations in the executable, so apply can find every reference to a
-# variable whose layout changes; the build-id ties a patch to the exact build it was made from.
-_LINK_FLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1"]
-
 _COMPILE_VARS = ("CCFLAGS", "CFLAGS", "CXXFLAGS", "SHCCFLAGS", "SHCFLAGS", "SHCXXFLAGS")
 _LINK_VARS = ("LINKFLAGS", "SHLINKFLAGS")
-
-_REFUSED = [
-    (r"-g[01]|-ggdb[01]|-gline-tables-only",
-     "drops the DWARF types that patch generation compares", "remove it (the tool adds -g)"),
-    (r"-gsplit-dwarf", "moves the DWARF types out of the objects into .dwo files", "remove it"),
-    (r"-flto(=.*)?", "leaves code generation to the linker, so the objects do not hold the code "
-     "that runs", "remove it: a patchable build cannot use link-time optimisation"),
-    (r"-fno-function-sections", "puts all functions in one .text section, so one changed "
-     "function cannot be cut out", "remove it (the tool adds -ffunction-sections)"),
-    (r"-fno-data-sections", "puts all variables in one section, so one changed variable cannot "
-     "be cut out", "remove it (the tool adds -fdata-sections)"),
-    (r"-s|-Wl,(-s|--strip-all)", "strips the symbol table that patching finds functions by",
-     "remove it"),
-    (r"-Wl,(-x|--discard-all)", "drops local symbols, so static functions cannot be found",
-     "remove it"),
-    (r"-Wl,--build-id=none", "removes the build-id that ties a patch to its build",
-     "remove it (the tool adds -Wl,--build-id=sha1)"),
-]
 
 _VARIABLE_HELP = [
     ("VERSION", "release to snapshot: scons release VERSION=v1"),
     ("FROM", "release a patch starts from: scons patch FROM=v0 TO=v1"),
     ("TO", "release a patch leads to: scons patch FROM=v0 TO=v1"),
 ]
-_compilers: dict[tuple[str, ...], tuple[str, int | None]] = {}
 
 
 class KatanaUserError(SCons.Errors.StopError, SCons.Errors.UserError):
@@ -104,31 +73,11 @@ def _user_error(message: str) -> KatanaUserError:
 
 def _args(env, var: str) -> list[str]:
     """The arguments ``$var`` expands to, with linker options split one per ``-Wl,``."""
-    args: list[str] = []
-    words = [str(word) for word in env.subst_list("$" + var)[0]]
-    for i, word in enumerate(words):
-        if word.startswith("-Wl,"):
-            args += ["-Wl," + part for part in word[4:].split(",") if part]
-        elif word == "-Xlinker" and i + 1 < len(words):
-            args.append("-Wl," + words[i + 1])
-        else:
-            args.append(word)
-    return args
-
-
-def _satisfies(arg: str, flag: str) -> bool:
-    """Whether ``arg``, given by the user, already does what the tool's ``flag`` does."""
-    if flag == _DEBUG_INFO:
-        return re.fullmatch(r"-g(gdb)?[23]?|-gdwarf(-\d)?", arg) is not None
-    if flag.startswith("-flive-patching="):
-        return arg.startswith("-flive-patching=")  # inline-only-static is stricter still
-    if flag.startswith("-Wl,--build-id"):
-        return re.fullmatch(r"-Wl,--build-id(=(?!none$).*)?", arg) is not None
-    return arg == flag
+    return buildflags.linker_split([str(word) for word in env.subst_list("$" + var)[0]])
 
 
 def _count(env, var: str, flag: str) -> int:
-    return sum(_satisfies(arg, flag) for arg in _args(env, var))
+    return sum(buildflags.satisfies(arg, flag) for arg in _args(env, var))
 
 
 def _append(env, var: str, flag: str) -> None:
@@ -144,47 +93,17 @@ def _remove(env, var: str, flag: str) -> None:
         env[var] = SCons.Util.CLVar(args)
 
 
-def _gcc_major(env) -> int | None:
-    return _compiler(env)[1]
-
-
-def _compiler(env) -> tuple[str, int | None]:
-    """First line of ``$CC --version`` and the GCC major version (None: not GCC), asked once."""
-    argv = tuple(shlex.split(env.subst("$CC")))
-    if not argv:
-        return "", None
-    key = (env.WhereIs(argv[0]) or argv[0], *argv[1:])
-    if key not in _compilers:
-        _compilers[key] = _ask_compiler(env, key)
-    return _compilers[key]
-
-
-def _ask_compiler(env, argv: tuple[str, ...]) -> tuple[str, int | None]:
-    run_env = {k: str(v) for k, v in env["ENV"].items()}
-    try:
-        version = subprocess.run([*argv, "--version"], capture_output=True, text=True,
-                                 env=run_env, timeout=60, check=False).stdout
-        dump = subprocess.run([*argv, "-dumpversion"], capture_output=True, text=True,
-                              env=run_env, timeout=60, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "", None
-    first_line = version.splitlines()[0].strip() if version.strip() else ""
-    major = re.match(r"\d+", dump.strip())
-    # clang answers -dumpversion too (and may call itself "gcc"); only GCC has -flive-patching
-    if "clang" in version.lower() or "Free Software Foundation" not in version or not major:
-        return first_line, None
-    return first_line, int(major.group())
+def _compiler(env) -> Compiler:
+    """What ``$CC`` is (asked once per compiler)."""
+    argv = shlex.split(env.subst("$CC"))
+    if argv:
+        argv[0] = env.WhereIs(argv[0]) or argv[0]
+    return buildflags.probe_compiler(argv, {k: str(v) for k, v in env["ENV"].items()})
 
 
 def _compile_flags(env) -> list[str]:
-    top = env.Dir("#").get_abspath()
-    # objects must not depend on where the tree is checked out, or every object would differ
-    flags = [_DEBUG_INFO, *_SECTIONS, f"-ffile-prefix-map={top}=."]
-    if (_gcc_major(env) or 0) >= 9:
-        flags.append(_LIVE_PATCHING)
-    if env.get("KATANA_OUTLINE_CALLEES", True):
-        flags += _OUTLINE_CALLEES
-    return flags
+    return buildflags.compile_flags(env.Dir("#").get_abspath(), _compiler(env),
+                                    bool(env.get("KATANA_OUTLINE_CALLEES", True)))
 
 
 def _placement(env, flag: str, ours: str | None) -> str | None:
@@ -192,7 +111,7 @@ def _placement(env, flag: str, ours: str | None) -> str | None:
     def given(var: str) -> bool:
         return _count(env, var, flag) - (var == ours) > 0
 
-    if flag in _LINK_FLAGS:
+    if flag in LINK_FLAGS:
         return None if given("LINKFLAGS") else "LINKFLAGS"
     if given("CCFLAGS") or (given("CFLAGS") and given("CXXFLAGS")):
         return None
@@ -207,7 +126,7 @@ def _require_flags(env) -> None:
     moves or withdraws it when the user's flags now do the job (or the option was turned off).
     """
     placed = dict(env.get("_KATANA_PLACED", {}))
-    wanted = _compile_flags(env) + _LINK_FLAGS
+    wanted = _compile_flags(env) + LINK_FLAGS
     for flag in wanted + [flag for flag in placed if flag not in wanted]:
         ours = placed.pop(flag, None)
         if ours and not any(arg == flag for arg in _args(env, ours)):
@@ -227,10 +146,11 @@ def _refuse_flags(env) -> None:
     """Raise a UserError naming the first flag that defeats patching, and its fix."""
     for var in _COMPILE_VARS + _LINK_VARS:
         for arg in _args(env, var):
-            for pattern, why, fix in _REFUSED:
-                if re.fullmatch(pattern, arg):
-                    raise _user_error(f"{var} contains {arg}, which {why}; {fix}, or build "
-                                      "this program without the katana tool")
+            refused = buildflags.refusal(arg)
+            if refused:
+                why, fix = refused
+                raise _user_error(f"{var} contains {arg}, which {why}; {fix}, or build "
+                                  "this program without the katana tool")
 
 
 # -- emitters --------------------------------------------------------------------------------
@@ -354,16 +274,14 @@ def _declare_release(env, version: str, force: bool) -> None:
     env.AlwaysBuild(alias)
 
 
-def _portable(flags: list[str], top: str) -> list[str]:
-    # The manifest must not depend on where the tree is checked out: spell the top dir as '#'.
-    return [flag.replace(top, "#") for flag in flags]
-
-
 def _release_action(target, source, env) -> int:
     version, force = target[0].attributes.katana_release
     programs: dict[str, tuple[Path, str, list[Path]]] = {}
     for node in source:
-        kind, objects = node.attributes.katana_linked
+        linked = getattr(node.attributes, "katana_linked", None)
+        if linked is None:
+            continue  # something the user added to the alias: built, not snapshotted
+        kind, objects = linked
         if node.name in programs:
             raise _error(target, KatanaError(f"two programs are named {node.name}; a release "
                                              "needs distinct program names"))
@@ -377,9 +295,9 @@ def _release_action(target, source, env) -> int:
     before = _read_text(dest / MANIFEST)
     try:
         snapshot = make_snapshot(
-            dest, version, programs, _compiler(flags_env)[0],
-            _portable(_args(flags_env, "CCFLAGS") + _args(flags_env, "CFLAGS"), top),
-            _portable(_args(flags_env, "LINKFLAGS"), top), force=force)
+            dest, version, programs, _compiler(flags_env).banner,
+            buildflags.portable(_args(flags_env, "CCFLAGS") + _args(flags_env, "CFLAGS"), top),
+            buildflags.portable(_args(flags_env, "LINKFLAGS"), top), force=force)
     except KatanaError as e:
         raise _error(target, e) from None
     state = "unchanged" if _read_text(dest / MANIFEST) == before else "written"
@@ -397,7 +315,7 @@ def _read_text(path: Path) -> str | None:
 
 def _first_object_env(programs):
     for node in programs:
-        for obj in node.attributes.katana_linked[1]:
+        for obj in getattr(node.attributes, "katana_linked", (None, []))[1]:
             return obj.get_build_env()
     return None
 

@@ -20,7 +20,7 @@ import SCons.Environment
 import SCons.Errors
 from elftools.elf.elffile import ELFFile
 
-from katana import scons_tool
+from katana import buildflags, scons_tool
 from katana.scons_tool import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,7 +196,7 @@ def test_live_patching_flag_only_for_gcc_9_and_later(tmp_path, banner, dump, liv
     cc = fake_compiler(tmp_path, f"cc{dump}", banner, dump)
     env = katana_env(CC=cc)
     assert ("-flive-patching=inline-clone" in env.subst("$CCFLAGS").split()) == live
-    assert scons_tool._compiler(env)[0] == banner.splitlines()[0]
+    assert scons_tool._compiler(env).banner == banner.splitlines()[0]
 
 
 def test_a_missing_compiler_does_not_break_loading():
@@ -310,13 +310,13 @@ Environment(tools=['default', 'katana'], toolpath=[TOOLPATH])
 assert sys.modules['katana'] is package
 """,
     # a literal path: SCons finds the tool before anything imported the package
-    "literal path": """\
+    "literal path": f"""\
 import sys
-Environment(tools=['default', 'katana'], toolpath=[%r])
+Environment(tools=['default', 'katana'], toolpath=[{scons_tool.TOOLPATH!r}])
 package = sys.modules['katana']
-Environment(tools=['default', 'katana'], toolpath=[%r])
+Environment(tools=['default', 'katana'], toolpath=[{scons_tool.TOOLPATH!r}])
 assert sys.modules['katana'] is package
-""" % (scons_tool.TOOLPATH, scons_tool.TOOLPATH),
+""",
 }
 
 
@@ -493,3 +493,30 @@ def test_repository_release_and_patch(repo_copy):
     # the PO depends on the two snapshots only: nothing changed, nothing is generated again
     again = ok(scons(repo_copy, "patch", "FROM=v0", "TO=v1")).stdout
     assert "patch patches/kvd-v0-v1.po" not in again
+
+
+# -- the flag rules, without SCons -----------------------------------------------------------
+
+def test_linker_options_are_split_one_per_argument():
+    words = ["-O2", "-Wl,--gc-sections,--strip-all", "-Xlinker", "-x", "-Wl,", "-s"]
+    assert buildflags.linker_split(words) == [
+        "-O2", "-Wl,--gc-sections", "-Wl,--strip-all", "-Wl,-x", "-s"]
+
+
+@pytest.mark.parametrize("arg,flag,same", [
+    ("-g", "-g", True), ("-g3", "-g", True), ("-ggdb", "-g", True), ("-gdwarf-4", "-g", True),
+    ("-g1", "-g", False), ("-gsplit-dwarf", "-g", False), ("-gz", "-g", False),
+    ("-flive-patching=inline-only-static", "-flive-patching=inline-clone", True),
+    ("-Wl,--build-id", "-Wl,--build-id=sha1", True),
+    ("-Wl,--build-id=0xbeef", "-Wl,--build-id=sha1", True),
+    ("-Wl,--build-id=none", "-Wl,--build-id=sha1", False),
+    ("-ffunction-sections", "-fdata-sections", False),
+])
+def test_which_user_flags_do_the_tools_job(arg, flag, same):
+    assert buildflags.satisfies(arg, flag) == same
+
+
+@pytest.mark.parametrize("arg", ["-O2", "-g", "-fno-lto", "-Wl,--gc-sections", "-Wl,-S",
+                                 "-Wl,--build-id=md5", "-ggdb3", "-static"])
+def test_ordinary_flags_are_not_refused(arg):
+    assert buildflags.refusal(arg) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from katana.elf.objfile import ObjectFile, ObjSymbol, normalize_name, static_local_base
 from katana.generate.compare import Fingerprinter
@@ -50,8 +51,10 @@ def _variable_key(sym: ObjSymbol) -> str:
     return static_local_base(sym.name) if sym.local else sym.name
 
 
-def _referrers(obj: ObjectFile, fp: Fingerprinter) -> dict[int, set[str]]:
-    """Variable symbol index -> names of the functions whose code references it."""
+def _referrers(obj: ObjectFile, fp: Fingerprinter,
+               kind: str = "STT_OBJECT") -> dict[int, set[str]]:
+    """Symbol index (of a variable, or a function with ``kind`` STT_FUNC) -> names of the
+    functions whose code references it."""
     result: dict[int, set[str]] = defaultdict(set)
     for fn in obj.functions():
         sec = obj.sections[fn.shndx]
@@ -59,9 +62,9 @@ def _referrers(obj: ObjectFile, fp: Fingerprinter) -> dict[int, set[str]]:
             target = fp.target(sec, r)
             if target is None:
                 continue
-            var = obj.symbol_at(*target)
-            if var is not None and var.type == "STT_OBJECT":
-                result[var.index].add(normalize_name(fn.name))
+            sym = obj.symbol_at(*target)
+            if sym is not None and sym.type == kind:
+                result[sym.index].add(normalize_name(fn.name))
     return result
 
 
@@ -86,20 +89,75 @@ def _pair_variables(pair: ObjectPair, fp_old: Fingerprinter, fp_new: Fingerprint
             (pair.changed_rodata if kind == "rodata" else pair.changed_data).add(var.index)
 
 
+def _body(fp: Fingerprinter, fn: ObjSymbol):
+    return fp.function_fingerprint(fn.shndx, fn.value, fn.size)
+
+
+class _Clones:
+    """Pairs the clones of one function (``foo.constprop.0``, ``foo.constprop.1``).
+
+    GCC numbers a function's clones in the order it makes them, and a new caller elsewhere in
+    the object can make one first: v0's ``foo.constprop.0`` (k == 3) may be v1's
+    ``foo.constprop.1``, while v1's ``.0`` is a new specialisation (k == 7). Pairing by number
+    would redirect the old callers to the wrong specialisation. Equal bodies pair first, then
+    clones called from the same functions; only what remains pairs in order.
+    """
+
+    def __init__(self, pair: ObjectPair, fp_old: Fingerprinter, fp_new: Fingerprinter) -> None:
+        self.fp_old, self.fp_new = fp_old, fp_new
+        assert pair.old is not None
+        self._obj_old, self._obj_new = pair.old, pair.new
+        self._callers: tuple[dict[int, set[str]], dict[int, set[str]]] | None = None
+
+    def callers(self) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
+        if self._callers is None:  # only objects with clones pay for it
+            self._callers = (_referrers(self._obj_old, self.fp_old, "STT_FUNC"),
+                             _referrers(self._obj_new, self.fp_new, "STT_FUNC"))
+        return self._callers
+
+    def match(self, news: list[ObjSymbol], olds: list[ObjSymbol]) -> dict[int, ObjSymbol]:
+        """New symbol index -> old partner, for the ones that pair."""
+        result: dict[int, ObjSymbol] = {}
+        free = list(olds)
+        for fn in news:
+            body = _body(self.fp_new, fn)
+            same = next((o for o in free if _body(self.fp_old, o) == body), None)
+            if same is not None:
+                result[fn.index] = same
+                free.remove(same)
+        old_callers, new_callers = self.callers()
+        scored = sorted(((len(new_callers.get(fn.index, set()) & old_callers.get(o.index, set())),
+                          -i, -j, fn, o) for i, fn in enumerate(news) if fn.index not in result
+                         for j, o in enumerate(free)), key=lambda t: t[:3], reverse=True)
+        for score, _, _, fn, o in scored:
+            if score and fn.index not in result and o in free:
+                result[fn.index] = o
+                free.remove(o)
+        for fn in news:
+            if fn.index not in result and free:
+                result[fn.index] = free.pop(0)
+        return result
+
+
 def _compare_functions(pair: ObjectPair, fp_old: Fingerprinter, fp_new: Fingerprinter) -> None:
-    old, new = pair.old, pair.new
-    assert old is not None
-    old_funcs = _by_key(old.functions(), lambda s: normalize_name(s.name))
-    for fn in new.functions():
-        candidates = old_funcs.get(normalize_name(fn.name), [])
-        if not candidates:
-            pair.added.add(fn.index)
-            continue
-        partner = candidates.pop(0)
-        pair.partner[fn.index] = partner
-        if fp_old.function_fingerprint(partner.shndx, partner.value, partner.size) != \
-                fp_new.function_fingerprint(fn.shndx, fn.value, fn.size):
-            pair.changed.add(fn.index)
+    assert pair.old is not None
+    old_funcs = _by_key(pair.old.functions(), lambda s: normalize_name(s.name))
+    new_funcs = _by_key(pair.new.functions(), lambda s: normalize_name(s.name))
+    clones = _Clones(pair, fp_old, fp_new)
+    for key, news in new_funcs.items():
+        olds = old_funcs.get(key, [])
+        if len(news) == 1 and len(olds) <= 1:
+            partners = {news[0].index: olds[0]} if olds else {}
+        else:
+            partners = clones.match(news, olds)
+        for fn in news:
+            partner = partners.get(fn.index)
+            if partner is None:
+                pair.added.add(fn.index)
+                continue
+            pair.partner[fn.index] = partner
+            if _body(fp_old, partner) != _body(fp_new, fn):
+                pair.changed.add(fn.index)
 
 
 def _compare(pair: ObjectPair) -> None:
@@ -111,11 +169,38 @@ def _compare(pair: ObjectPair) -> None:
     _pair_variables(pair, fp_old, fp_new)
 
 
+def _changed_const_names(pairs: list[ObjectPair]) -> set[str]:
+    return {p.new.symbols[i].name for p in pairs for i in p.changed_rodata
+            if not p.new.symbols[i].local}
+
+
+def _reads_any(obj: ObjectFile, names: set[str]) -> bool:
+    return any(not s.defined and s.name in names for s in obj.symbols)
+
+
+def _const_readers(pairs: list[ObjectPair],
+                   identical: dict[str, tuple[Path, Path]]) -> list[ObjectPair]:
+    """Pairs for byte-identical objects that read a changed global const.
+
+    Such a reader compiles to the same bytes in both versions (the value lives in another
+    object), yet it must join the patch to be re-linked against the new copy."""
+    names = _changed_const_names(pairs)
+    if not names:
+        return []
+    readers = []
+    for rel, (old_path, new_path) in identical.items():
+        new_obj = ObjectFile(new_path, rel)
+        if _reads_any(new_obj, names):
+            pair = ObjectPair(rel, ObjectFile(old_path, rel), new_obj)
+            _compare(pair)
+            readers.append(pair)
+    return readers
+
+
 def _propagate_const_changes(pairs: list[ObjectPair]) -> None:
     """A global const that changed makes every function that reads it (in any object) change:
     the readers are re-linked against the new copy, so they all see the new value."""
-    changed_names = {p.new.symbols[i].name for p in pairs for i in p.changed_rodata
-                     if not p.new.symbols[i].local}
+    changed_names = _changed_const_names(pairs)
     if not changed_names:
         return
     for pair in pairs:
@@ -145,18 +230,20 @@ def _include_children(pair: ObjectPair) -> None:
 def diff_trees(old: Tree, new: Tree) -> Diff:
     """Pair the objects of two trees and find what changed in each."""
     pairs: list[ObjectPair] = []
-    identical = 0
+    identical: dict[str, tuple[Path, Path]] = {}
     for rel, new_path in new.objects.items():
         old_path = old.objects.get(rel)
         if old_path is not None and old_path.read_bytes() == new_path.read_bytes():
-            identical += 1  # equal bytes: nothing to learn, skip parsing
+            identical[rel] = (old_path, new_path)  # equal bytes: skip parsing (mostly)
             continue
         old_obj = ObjectFile(old_path, rel) if old_path is not None else None
         pair = ObjectPair(rel, old_obj, ObjectFile(new_path, rel))
         _compare(pair)
         pairs.append(pair)
+    readers = _const_readers(pairs, identical)
+    pairs += readers
     _propagate_const_changes(pairs)
     for pair in pairs:
         _include_children(pair)
     removed = [rel for rel in old.objects if rel not in new.objects]
-    return Diff(old, new, pairs, removed, identical)
+    return Diff(old, new, pairs, removed, len(identical) - len(readers))

@@ -4,7 +4,7 @@
 
 int __attribute__((noinline)) compute(int x)
 {
-    return x * 2 + 50000;
+    return x * 2 + (x >> 3) + 50000;
 }
 
 int main(void)

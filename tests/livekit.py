@@ -99,7 +99,7 @@ class Live:
                 if m:
                     self.last_index = i
                     return m
-            seen = len(self.lines)
+            seen = max(seen, len(self.lines))
             if time.monotonic() >= deadline:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout}s; "
                                      f"last lines: {self.lines[-8:]}")

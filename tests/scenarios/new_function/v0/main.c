@@ -4,7 +4,7 @@
 
 int __attribute__((noinline)) compute(int x)
 {
-    return x * 2 + 1;
+    return x * 2 + 1 + (x >> 3);
 }
 
 int main(void)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from katana.elf.symtab import executable_symbols
 from katana.engine import alloc, inject, procfs, ptrace, safepoint
 from katana.engine.dynsym import library_symbols
 from katana.engine.memory import Memory
 from katana.engine.process import Process
 from katana.engine.safepoint import Range
 from katana.engine.symbols import ProcessSymbols
-from katana.engine.symtab import executable_symbols
-from katana.errors import ApplyError, BusyError, TargetError
+from katana.errors import ApplyError, BusyError, FormatError, TargetError
 
 pytestmark = pytest.mark.live
 
@@ -496,12 +496,12 @@ def test_executable_symbols_tell_locals_apart(tmp_path):
     symbols = executable_symbols(str(exe))
     assert executable_symbols(str(exe)) is symbols  # cached
 
-    with pytest.raises(ApplyError, match="2 local symbols 'counter'"):
+    with pytest.raises(FormatError, match="2 local symbols 'counter'"):
         symbols.find("counter")
     a, b = symbols.find("counter", "a.c"), symbols.find("counter", "b.c")
     assert (a.file, b.file, a.size) == ("a.c", "b.c", 4)
     assert (_initial_int(exe, a.value), _initial_int(exe, b.value)) == (11, 22)
-    with pytest.raises(ApplyError, match=r"local symbols 'dup' in util.c .*util.c"):
+    with pytest.raises(FormatError, match=r"local symbols 'dup' in util.c .*util.c"):
         symbols.find("dup", "util.c")
     assert symbols.find("counter", "main.c") is None and symbols.find("nothing") is None
 

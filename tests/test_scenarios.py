@@ -50,6 +50,7 @@ class Built:
         self.root = root
         self.exes = build_scenario(name, root, pie=pie, versions=versions, cflags=cflags)
         self._pos = {}
+        self._listings = {}
 
     def dir(self, version):
         return self.exes[version].parent
@@ -65,8 +66,10 @@ class Built:
 
     def listing(self, frm="v0", to="v1"):
         """``katana list --json`` of the PO, as data."""
-        result = katana("list", "--json", str(self.po(frm, to)), check=True)
-        return json.loads(result.stdout)
+        if (frm, to) not in self._listings:
+            result = katana("list", "--json", str(self.po(frm, to)), check=True)
+            self._listings[frm, to] = json.loads(result.stdout)
+        return self._listings[frm, to]
 
 
 @pytest.fixture(scope="module")
@@ -482,7 +485,7 @@ def impatient(tmp_path):
     ("busy_forever", r"^tick 3 serving v0$", r"^tick \d+ serving v0$", "serve"),
     ("busy_thread", r"^tick 3 result 6 progress [1-9]", r"^tick (\d+) result \d+ progress",
      "compute"),
-])
+], ids=["busy_forever", "busy_thread"])
 def test_busy(scenario, impatient, pie, name, pattern, still_v0, function):
     built = scenario(name, pie)
     with running(built.exes["v0"]) as live:

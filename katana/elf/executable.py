@@ -1,8 +1,7 @@
 """Linked executables: symbols (locals told apart by object), bytes at an address, relocations.
 
-A katana build links with ``--emit-relocs`` and keeps ``.symtab``. The linker writes each input
-object's local symbols after that object's STT_FILE symbol (the source basename), which is how two
-``static int count`` of two objects are told apart.
+A katana build links with ``--emit-relocs`` and keeps ``.symtab`` (read by ``katana.elf.symtab``,
+shared with the apply engine): the emitted relocations say where the code refers to a variable.
 """
 
 from __future__ import annotations
@@ -14,18 +13,8 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from katana.elf.symtab import ElfSymbol, ExecutableSymbols, executable_symbols
 from katana.errors import FormatError
-
-Key = tuple[str, str | None]  # (name, STT_FILE name for a local; None for a global)
-
-
-@dataclass(frozen=True)
-class ExeSymbol:
-    name: str
-    file: str | None  # STT_FILE group of a local symbol, None for a global
-    address: int
-    size: int
-    type: str
 
 
 @dataclass(frozen=True)
@@ -38,12 +27,10 @@ class Segment:
 
 
 class Executable:
-    """Symbols and contents of one linked ELF executable (or shared library)."""
+    """Symbols, segments and contents of one linked ELF executable."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._symbols: dict[Key, list[ExeSymbol]] = {}
-        self.functions: list[ExeSymbol] = []
         try:
             with open(self.path, "rb") as f:
                 elf = ELFFile(f)
@@ -51,68 +38,27 @@ class Executable:
                 self.segments = [
                     Segment(p["p_vaddr"], p["p_memsz"], p["p_offset"], p["p_filesz"], p["p_flags"])
                     for p in elf.iter_segments() if p["p_type"] == "PT_LOAD"]
-                self._read_symbols(elf)
         except (ELFError, OSError, ValueError) as e:
             raise FormatError(f"{self.path}: not a readable ELF executable ({e})") from e
-        self.functions.sort(key=lambda s: s.address)
+        self.symbols: ExecutableSymbols = executable_symbols(str(self.path))
         self._data: bytes | None = None
 
-    def _read_symbols(self, elf: ELFFile) -> None:
-        symtab = elf.get_section_by_name(".symtab")
-        if symtab is None:
-            raise FormatError(f"{self.path}: no .symtab: the executable was stripped; "
-                              "build it with the katana SCons tool (it keeps symbols)")
-        current_file: str | None = None
-        for s in symtab.iter_symbols():
-            kind = s["st_info"]["type"]
-            if kind == "STT_FILE":
-                current_file = s.name
-                continue
-            if kind not in ("STT_FUNC", "STT_OBJECT", "STT_GNU_IFUNC") or not s.name:
-                continue
-            if s["st_shndx"] == "SHN_UNDEF":
-                continue
-            local = s["st_info"]["bind"] == "STB_LOCAL"
-            sym = ExeSymbol(s.name, current_file if local else None, s["st_value"],
-                            s["st_size"], kind)
-            self._symbols.setdefault((sym.name, sym.file), []).append(sym)
-            if kind == "STT_FUNC":
-                self.functions.append(sym)
+    def lookup(self, name: str, file: str | None = None) -> ElfSymbol | None:
+        """A global by name (``file`` None), or a local by name and STT_FILE name; None if
+        absent. Two locals of one name under one file name raise: guessing would patch the
+        wrong function."""
+        return self.symbols.find(name, file) if file is not None else \
+            self.symbols.find_global(name)
 
-    @property
-    def lowest_vaddr(self) -> int:
-        return min((s.vaddr for s in self.segments), default=0) & ~0xFFF
-
-    def lookup(self, name: str, file: str | None = None) -> ExeSymbol | None:
-        """A global by name, or a local by name and STT_FILE name; None if absent.
-
-        Two locals of one name under one file name (two ``util.c`` in different folders) are
-        ambiguous: that raises, since guessing would patch the wrong function.
-        """
-        found = self._symbols.get((name, file), [])
-        if len(found) > 1:
-            raise FormatError(f"{self.path}: {len(found)} local symbols '{name}' in objects "
-                              f"named '{file}'; rename one of the source files to tell them apart")
-        return found[0] if found else None
-
-    def function_at(self, address: int) -> ExeSymbol | None:
+    def function_at(self, address: int) -> ElfSymbol | None:
         """The function whose extent covers a link-time address."""
-        import bisect
+        return self.symbols.function_at(address)
 
-        i = bisect.bisect_right([f.address for f in self.functions], address) - 1
-        if i >= 0 and address < self.functions[i].address + max(self.functions[i].size, 1):
-            return self.functions[i]
-        return None
-
-    def room(self, function: ExeSymbol) -> int:
+    def room(self, function: ElfSymbol) -> int:
         """Bytes from a function's entry to the next function: its size plus the alignment
         padding after it, which is never executed and may hold the end of a jump."""
-        import bisect
-
-        starts = [f.address for f in self.functions]
-        i = bisect.bisect_right(starts, function.address)
-        nxt = next((a for a in starts[i:] if a > function.address), None)
-        return function.size if nxt is None else max(function.size, nxt - function.address)
+        nxt = self.symbols.next_function(function.value)
+        return function.size if nxt is None else max(function.size, nxt - function.value)
 
     def read(self, vaddr: int, size: int) -> bytes:
         """Bytes of the file image at a link-time address (zeros past a segment's file size)."""

@@ -83,7 +83,7 @@ def _lookup_existing(plan: Plan, name: str, file: str | None) -> int | None:
         if k in record.symbols:
             return record.symbols[k]
     sym = plan.exe.lookup(name, file)
-    return None if sym is None else sym.address + plan.bias
+    return None if sym is None else sym.value + plan.bias
 
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
@@ -131,12 +131,12 @@ def _plan_redirects(plan: Plan) -> None:
             if plan.exe.room(exe_sym) < JMP_SIZE:
                 raise ApplyError(f"{name} is {exe_sym.size} bytes long, too short for a jump",
                                  hint="build with the katana SCons tool's flags")
-            address = exe_sym.address + plan.bias
+            address = exe_sym.value + plan.bias
             # Not yet redirected: it must still hold what the executable file has there. (The
             # PO's old_code is the FROM build's bytes, which for a stacked patch is another
             # executable: its call displacements differ from the running one's.)
             expected = sites[address].new if address in sites else \
-                plan.exe.read(exe_sym.address, max(exe_sym.size, JMP_SIZE))
+                plan.exe.read(exe_sym.value, max(exe_sym.size, JMP_SIZE))
             plan.redirects.append(Redirect(name, address, expected))
         for record in plan.records:  # earlier patches' copies jump on to the newest
             if key(name, file) in record.functions:
@@ -150,7 +150,7 @@ def _plan_safety(plan: Plan) -> None:
         file = ref.file if ref.local else None
         sym = plan.exe.lookup(ref.name, file)
         if sym is not None:
-            plan.safety.append((sym.address + plan.bias, sym.address + plan.bias + sym.size,
+            plan.safety.append((sym.value + plan.bias, sym.value + plan.bias + sym.size,
                                 ref.name))
         for record in plan.records:
             hit = record.functions.get(key(ref.name, file))
@@ -169,7 +169,7 @@ def _plan_transfers(plan: Plan) -> None:
             raise ApplyError(f"variable {name} is not in the running program")
         in_exe = plan.exe.lookup(name, file)
         refs = references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size) \
-            if in_exe is not None and in_exe.address + plan.bias == old else []
+            if in_exe is not None and in_exe.value + plan.bias == old else []
         plan.transfers.append((v, old, refs))
 
 
@@ -328,7 +328,9 @@ class Commit:
 class Result:
     pid: int
     record: Record
-    stopped_for: float  # seconds the target was held stopped for the final, successful attempt
+    stops: int  # how many times the target was stopped (safe-point attempts)
+    stopped_for: float  # seconds the target was held stopped, over every attempt
+    longest_stop: float
     timings: dict[str, float]
 
 
@@ -357,7 +359,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False) ->
             raise
         plan.timings["commit"] = time.monotonic() - stopped_at
     finally:
-        stop_end = time.monotonic()
         if proc.attached:
             proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
-    return Result(pid, record, stop_end - stopped_at, plan.timings)
+    return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
+                  plan.timings)

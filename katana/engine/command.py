@@ -73,7 +73,9 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         r = result.record
         _say(verbosity, 1, f"{pid}: applied {r.program} {r.from_label} -> {r.to_label}: "
              f"{len(r.functions)} function(s) at {r.region[0]:#x}; target stopped "
-             f"{result.stopped_for * 1000:.1f} ms")
+             f"{result.stopped_for * 1000:.1f} ms" + (
+                 f" in {result.stops} stops (longest {result.longest_stop * 1000:.1f} ms)"
+                 if result.stops > 1 else ""))
         for phase, seconds in result.timings.items():
             _say(verbosity, 2, f"  {phase:12} {seconds * 1000:8.1f} ms")
     if len(targets) > 1:

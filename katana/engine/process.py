@@ -57,6 +57,11 @@ class Process:
         self.memo: dict[str, object] = {}
         self._pending: dict[int, list[tuple[int, bytes | None]]] = {}
         self._owner: int | None = None
+        # How long the target was held, over every stop: what it experienced, not what we did.
+        self.stops = 0
+        self.stopped_seconds = 0.0
+        self.longest_stop = 0.0
+        self._stopped_since: float | None = None
 
     # -- attach / detach ---------------------------------------------------------------------
 
@@ -72,6 +77,7 @@ class Process:
         if self.attached:
             return
         procfs.check_process(self.pid)
+        started = time.monotonic()
         self._owner = threading.get_ident()
         self._pending = {}
         self.tids = []
@@ -89,6 +95,8 @@ class Process:
             self._detach_all()
             raise
         self.attached = True
+        self.stops += 1
+        self._stopped_since = started
 
     def stop(self) -> None:
         """Stop the process again after ``resume()`` (the same as ``attach()``)."""
@@ -112,6 +120,11 @@ class Process:
         self._detach_all()
 
     def _detach_all(self) -> None:
+        if self._stopped_since is not None:
+            held = time.monotonic() - self._stopped_since
+            self.stopped_seconds += held
+            self.longest_stop = max(self.longest_stop, held)
+            self._stopped_since = None
         self.memory.close()
         errors = []
         for tid in self.tids:

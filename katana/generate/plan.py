@@ -23,7 +23,7 @@ def _old_function(exe: Executable, pair: ObjectPair, old: ObjSymbol) -> tuple[in
     hit = exe.lookup(old.name, file)
     if hit is None:
         return 0, b""
-    return hit.size, exe.read(hit.address, hit.size)
+    return hit.size, exe.read(hit.value, hit.size)
 
 
 def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:

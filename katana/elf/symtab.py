@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from katana.errors import ApplyError, TargetError
+from katana.errors import FormatError
 
 STT_NOTYPE = 0
 STT_OBJECT = 1
@@ -89,7 +89,7 @@ class ExecutableSymbols:
 
         Without ``file``: the global (GLOBAL before WEAK), else the only local of that name.
         With ``file``: the local of that name under that STT_FILE name. Two candidates that
-        cannot be told apart raise ApplyError.
+        cannot be told apart raise FormatError.
         """
         if file is not None:
             found = [s for s in self._locals.get(name, ()) if _file_matches(s.file, file)]
@@ -102,7 +102,7 @@ class ExecutableSymbols:
     def _one(self, found: list[ElfSymbol], name: str, where: str) -> ElfSymbol | None:
         if len(found) > 1:
             files = ", ".join(sorted({s.file or "?" for s in found}))
-            raise ApplyError(
+            raise FormatError(
                 f"{len(found)} local symbols '{name}'{where} in {self.path} (files: {files})",
                 hint="two objects with the same source file name define it; rename one file "
                 "or make the symbol unique",
@@ -116,6 +116,16 @@ class ExecutableSymbols:
             return self._funcs[index]
         return None
 
+    def next_function(self, value: int) -> int | None:
+        """Link-time start of the first function above ``value`` (None past the last one)."""
+        index = bisect.bisect_right(self._starts, value)
+        return self._starts[index] if index < len(self._starts) else None
+
+    def find_global(self, name: str) -> ElfSymbol | None:
+        """The global (or weak) symbol called ``name``, never a local of that name."""
+        found = self._globals.get(name, [])
+        return min(found, key=lambda s: s.bind != STB_GLOBAL) if found else None
+
     def iter_symbols(self) -> list[ElfSymbol]:
         """Every addressable defined symbol, globals then locals."""
         return [s for group in (self._globals, self._locals) for v in group.values() for s in v]
@@ -127,14 +137,14 @@ def _read_symtab(path: str) -> list[ElfSymbol]:
             elf = ELFFile(f)
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
-                raise TargetError(
+                raise FormatError(
                     f"{path} has no .symtab (stripped)",
                     hint="katana needs the unstripped executable of the build",
                 )
             data = symtab.data()
             strtab = elf.get_section(symtab["sh_link"]).data()
     except (OSError, ELFError) as e:
-        raise TargetError(f"cannot read the symbols of {path}: {e}") from None
+        raise FormatError(f"cannot read the symbols of {path}: {e}") from None
     return list(_parse(data, strtab))
 
 
@@ -162,7 +172,7 @@ def executable_symbols(path: str) -> ExecutableSymbols:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise TargetError(f"cannot read the symbols of {path}: {e.strerror}") from None
+        raise FormatError(f"cannot read the symbols of {path}: {e.strerror}") from None
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
     if key not in _CACHE:
         if len(_CACHE) >= _CACHE_SIZE:

@@ -25,7 +25,9 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
                          "data to a new layout and cannot be reverted",
                          hint="apply a patch that goes back instead (made FROM the newer release)")
     base, size = record.region
-    ranges = [Range(base, base + size, f"{record.to_label} code")]
+    # every function of the patch by name; the region as a whole catches the rest (cold parts)
+    ranges = [Range(base, base + size, f"{record.to_label} patch code")]
+    ranges += [Range(lo, lo + n, k.split("::", 1)[1]) for k, (lo, n) in record.functions.items()]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,

@@ -1,0 +1,113 @@
+"""SCENARIOS.md "Lifecycle": stacked patches, revert, status from any shell, all processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from livekit import Live, build_scenario, build_version, katana
+
+pytestmark = pytest.mark.live
+
+
+def _po(trees: dict, a: str, b: str, out: Path) -> Path:
+    po = out / f"{a}-{b}.po"
+    katana("generate", "-o", str(po), str(trees[a].parent), str(trees[b].parent), "prog",
+           check=True)
+    return po
+
+
+@pytest.fixture(scope="module", params=["pie", "nopie"])
+def stacked(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"stacked-{request.param}")
+    trees = build_scenario("stacked", tmp, pie=request.param == "pie",
+                           versions=("v0", "v1", "v2"))
+    return trees, _po(trees, "v0", "v1", tmp), _po(trees, "v1", "v2", tmp)
+
+
+def _result(live: Live, after: int) -> tuple[int, int]:
+    m = live.wait_for(r"tick (\d+) result (\d+)", after=after)
+    while int(m.group(1)) % 7 == 0:  # multiples of 7 answer 7 in every version
+        m = live.wait_for(r"tick (\d+) result (\d+)", after=live.last_index + 1)
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_stacked_then_reverted_step_by_step(stacked):
+    trees, v0_v1, v1_v2 = stacked
+    live = Live([str(trees["v0"])])
+    try:
+        tick, result = _result(live, 0)
+        assert result == tick * 2
+        katana("apply", str(v0_v1), str(live.pid), check=True)
+        tick1, result = _result(live, live.mark())
+        assert result == tick1 * 3 and tick1 > tick
+        # v1 -> v2 is checked against what the process runs now: v1, through the record
+        katana("apply", str(v1_v2), str(live.pid), check=True)
+        tick2, result = _result(live, live.mark())
+        assert result == tick2 * 4 + 1000 and tick2 > tick1
+        status = katana("status", str(live.pid), check=True).stdout
+        assert "1. prog v0 -> v1" in status and "2. prog v1 -> v2" in status
+        assert "running: v2" in status
+        assert '"to": "v2"' in katana("status", "--json", str(live.pid), check=True).stdout
+        # a patch for v0 is refused now: the process runs v2
+        refused = katana("apply", str(v0_v1), str(live.pid))
+        assert refused.returncode == 9 and "build-id" in refused.stderr
+        katana("revert", str(live.pid), check=True)
+        tick3, result = _result(live, live.mark())
+        assert result == tick3 * 3 and tick3 > tick2
+        katana("revert", str(live.pid), check=True)
+        tick4, result = _result(live, live.mark())
+        assert result == tick4 * 2 and tick4 > tick3
+        nothing = katana("revert", str(live.pid))
+        assert nothing.returncode == 11 and "no katana patch" in nothing.stderr
+        assert live.alive()
+    finally:
+        live.kill()
+
+
+def test_revert_refused_while_new_code_is_busy(tmp_path):
+    trees = build_scenario("revert_busy", tmp_path)
+    po = _po(trees, "v0", "v1", tmp_path)
+    conf = tmp_path / "katana.conf"
+    conf.write_text("{maxWaitForPatching: 1}\n")
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"v0 round \d+")
+        katana("apply", str(po), str(live.pid), check=True)
+        live.wait_for(r"v1 round \d+", after=live.mark())
+        result = katana("-c", str(conf), "revert", str(live.pid))
+        assert result.returncode == 10, result.stderr
+        assert "work" in result.stderr and "Traceback" not in result.stderr
+        live.wait_for(r"v1 round \d+", after=live.mark())  # still running v1, untouched
+        assert "1. prog v0 -> v1" in katana("status", str(live.pid), check=True).stdout
+    finally:
+        live.kill()
+
+
+def test_all_processes_of_one_build(tmp_path):
+    # a program name of its own, so that no other test's processes are candidates
+    name = "katana_allproc"
+    scenario = Path(__file__).parent / "scenarios"
+    trees = {v: build_version(scenario / "body_change" / v, tmp_path / v, program=name)
+             for v in ("v0", "v1")}
+    po = tmp_path / "all.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), name,
+           check=True)
+    # a process of the same program name but another build: skipped, named in the summary
+    other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name)
+    lives = [Live([str(trees["v0"])]) for _ in range(3)] + [Live([str(other)])]
+    try:
+        for live in lives:
+            live.wait_for(r"tick \d+ result \d+")
+        result = katana("apply", str(po), "all")
+        assert result.returncode == 0, result.stderr
+        assert "3 patched, 1 skipped, 0 failed (of 4)" in result.stdout
+        assert f"{lives[3].pid}: skipped" in result.stderr
+        for live in lives[:3]:
+            m = live.wait_for(r"tick (\d+) result (\d+)", after=live.mark())
+            tick, value = int(m.group(1)), int(m.group(2))
+            assert value == (7 if tick % 7 == 0 else tick * 1000)
+        assert "no katana patches applied" in katana("status", str(lives[3].pid)).stdout
+    finally:
+        for live in lives:
+            live.kill()

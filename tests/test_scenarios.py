@@ -220,7 +220,9 @@ def test_new_global(scenario, pie):
     with running(built.exes["v0"]) as live:
         live.wait_for(r"^tick 3 result 6$", timeout=TIMEOUT)
         mark = live.mark()
+        before = code_snapshot(live.pid)
         katana("apply", str(built.po()), str(live.pid), check=True)
+        assert_only_entries_changed(built, live, before)
         # the first result of patched code is the initial value plus one, then one by one
         first = live.wait_for(r"result 40\d\d$", after=mark, timeout=TIMEOUT)
         assert int(first.group(0).split()[-1]) == 4001
@@ -494,7 +496,11 @@ def test_busy(scenario, impatient, pie, name, pattern, still_v0, function):
         result = katana("-c", str(impatient), "apply", str(built.po()), str(live.pid))
         assert result.returncode == 10, result.stderr
         assert re.search(rf"\b{function}\b", result.stderr), result.stderr
+        assert "within 1 s" in result.stderr, "maxWaitForPatching of the -c file not used"
         assert "Traceback" not in result.stderr
+        if name == "busy_thread":  # the stuck helper thread is the one named
+            tids = {int(t) for t in re.findall(rf"{function} \(thread (\d+)", result.stderr)}
+            assert tids - {live.pid}, result.stderr
         assert_refused_untouched(live, before, still_v0)
         if name == "busy_thread":
             tick, result = ints(live.lines[live.last_index], "tick", "result")
@@ -584,3 +590,14 @@ def test_changed_initial_value(scenario, pie):
         assert limit == 5 + tick, f"live value lost: {line}"
     assert all(x.endswith(" v1") for x in after)
     assert_ticks_continue(lines)
+
+
+def test_changed_initial_value_alone(scenario):
+    # v0 -> v2 changes only the initial value: a running process keeps its live value, so there
+    # is nothing to patch, and the message must say why rather than blame line numbers.
+    built = scenario("changed_initial_value", True, versions=("v0", "v1", "v2"))
+    result = katana("generate", "-o", str(built.root / "p.po"), str(built.dir("v0")),
+                    str(built.dir("v2")), "prog")
+    assert result.returncode == 6, result.stderr
+    assert "only the initial value of limit changed" in result.stderr
+    assert "Traceback" not in result.stderr

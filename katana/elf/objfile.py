@@ -176,6 +176,19 @@ class ObjectFile:
                     best = sym
         return best
 
+    def designated(self, sym: ObjSymbol, shndx: int, offset: int) -> ObjSymbol | None:
+        """What a relocation against ``sym`` refers to, its target being ``offset`` in section
+        ``shndx``: a named symbol means itself whatever the addend (``arr + 16`` points one past
+        the end of arr, where no symbol lies); a section symbol means the symbol covering the
+        target, or else the one ending there."""
+        if sym.type in ("STT_OBJECT", "STT_FUNC") and sym.name:
+            return sym
+        found = self.symbol_at(shndx, offset)
+        if found is None:
+            found = next((s for s in self.symbols_in(shndx)
+                          if s.size and s.value + s.size == offset), None)
+        return found
+
     def functions(self) -> list[ObjSymbol]:
         return [s for s in self.symbols if s.type == "STT_FUNC" and s.defined]
 

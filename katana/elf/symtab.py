@@ -153,6 +153,9 @@ def _parse(data: bytes, strtab: bytes) -> Iterator[ElfSymbol]:
     for st_name, info, _other, shndx, value, size in _ELF64_SYM.iter_unpack(data):
         kind, bind = info & 0xF, info >> 4
         name = strtab[st_name : strtab.index(b"\0", st_name)].decode(errors="replace")
+        # GNU ld spells a copy-relocated library object by its version (stdout@GLIBC_2.2.5):
+        # the program's copy is the one the library itself uses, so it answers to the bare name.
+        name = name.partition("@")[0]
         if kind == STT_FILE:
             current_file = name
             continue

@@ -18,7 +18,7 @@ from pathlib import Path
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.engine import alloc, inject, procfs
-from katana.engine.loader import Layout, link, plan_layout
+from katana.engine.loader import R_X86_64_PC32, R_X86_64_PLT32, Layout, link, plan_layout
 from katana.engine.process import Process
 from katana.engine.record import Record, Site, key, read_records
 from katana.engine.transfer import StateTransfer
@@ -105,19 +105,34 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
     if libs:
         symbols = ProcessSymbols(plan.pid)
         for i, sym in libs:
-            if not _exported(symbols, sym.name):
+            exported = _exported(symbols, sym.name)
+            if exported is None:
                 raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
                                  "nor in any library it has loaded")
+            if not exported.function and _pc_relative_uses(plan.po, i):
+                raise ApplyError(
+                    f"the patch reads {sym.name}, a library variable the program never used: "
+                    "it lies beyond the 32-bit reach of the patch's code",
+                    hint="use it in the program first, or reach it through a function")
             plan.far.add(i)
     return libs
 
 
-def _exported(symbols, name: str) -> bool:
-    """Whether a loaded library exports ``name`` (without resolving an IFUNC, which needs the
-    process stopped: that happens at commit)."""
+def _exported(symbols, name: str):
+    """The first loaded library's definition of ``name``, or None (an IFUNC is resolved only
+    at commit: that needs the process stopped)."""
     from katana.engine.dynsym import library_symbols
 
-    return any(library_symbols(lib.path).find(name) is not None for lib in symbols.libraries())
+    for lib in symbols.libraries():
+        found = library_symbols(lib.path).find(name)
+        if found is not None:
+            return found
+    return None
+
+
+def _pc_relative_uses(po: PatchObject, index: int) -> bool:
+    return any(r.symbol == index and r.type in (R_X86_64_PC32, R_X86_64_PLT32)
+               for sec in po.sections for r in sec.relocs)
 
 
 def _plan_redirects(plan: Plan) -> None:

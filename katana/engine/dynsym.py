@@ -25,6 +25,7 @@ class DynSymbol:
     default: bool  # the default version (name@@VER) or unversioned
     version: str | None
     weak: bool
+    function: bool = True  # STT_FUNC or STT_GNU_IFUNC; data cannot hide behind a code stub
 
 
 class LibrarySymbols:
@@ -65,7 +66,9 @@ def _read_dynsym(path: str) -> list[DynSymbol]:
         if s.shndx == 0 or s.type not in kinds or s.binding not in binds or not s.name:
             continue
         result.append(DynSymbol(s.name, s.value, s.size, kinds[s.type], *_version(s),
-                                s.binding == lief.ELF.Symbol.BINDING.WEAK))
+                                s.binding == lief.ELF.Symbol.BINDING.WEAK,
+                                s.type in (lief.ELF.Symbol.TYPE.FUNC,
+                                           lief.ELF.Symbol.TYPE.GNU_IFUNC)))
     return result
 
 

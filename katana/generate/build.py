@@ -107,7 +107,7 @@ class Closure:
             return self.resolve_undefined(sym.name), r.addend
         target_sec = pair.new.sections[sym.shndx]
         _, off = fp.target(sec, r)  # type: ignore[misc]
-        named = pair.new.symbol_at(sym.shndx, off)
+        named = pair.new.designated(sym, sym.shndx, off)
         if target_sec.kind == "rodata" or named is None:
             return self.resolve_rodata(pair, sym, named), r.addend
         if self.joins_patch(pair, named):

@@ -99,7 +99,7 @@ class Fingerprinter:
         shndx, off = self.target(source, reloc)  # type: ignore[misc]
         sec = self.obj.sections[shndx]
         if sec.kind in ("text", "data", "bss"):
-            named = self.obj.symbol_at(shndx, off)
+            named = self.obj.designated(sym, shndx, off)
             if named is None:
                 return ("anon", sec.name, off)
             name = normalize_name(named.name)

@@ -62,7 +62,7 @@ def _referrers(obj: ObjectFile, fp: Fingerprinter,
             target = fp.target(sec, r)
             if target is None:
                 continue
-            sym = obj.symbol_at(*target)
+            sym = obj.designated(obj.symbols[r.sym], *target)
             if sym is not None and sym.type == kind:
                 result[sym.index].add(normalize_name(fn.name))
     return result

@@ -83,15 +83,31 @@ class Reference:
     address: int  # link-time address of the relocated field
     type: int
     size: int  # field size in bytes
+    offset: int  # where in [low, high) it points: a field of a struct, an element of an array
+
+
+_MAX_TRAILING_IMMEDIATE = 4  # ``addl $imm32, x(%rip)``: the largest immediate after a disp32
+
+
+def _pc_adjust(exe: Executable, site: int) -> int:
+    """End of the instruction holding the field at ``site``, minus ``site``: what the CPU adds
+    to a PC-relative displacement besides the field itself (4, or more when an immediate
+    follows it). Decoding from the start of the enclosing function is the only sure way."""
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    fn = exe.function_at(site)
+    if fn is None:
+        return 4
+    for address, size, _, _ in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(
+            exe.read(fn.value, fn.size), fn.value):
+        if address <= site < address + size:
+            return address + size - site
+    return 4
 
 
 def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
-    """Every relocated field of the executable whose target lies in [low, high).
-
-    A PC-relative field designates ``S + A + 4`` or a little more when an immediate follows the
-    displacement; ``+4`` is the common case and is what we test, the others differ by at most the
-    immediate's size and only matter for references right at the end of an object.
-    """
+    """Every relocated field of the executable whose target lies in [low, high) (link-time
+    addresses), with the exact offset it designates there."""
     found = []
     with open(exe.path, "rb") as f:
         elf = ELFFile(f)
@@ -106,9 +122,14 @@ def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
                 if rtype not in _FIELD_SIZE:
                     continue
                 sym = symtab.get_symbol(r["r_info_sym"])
-                target = sym["st_value"] + r["r_addend"] + (4 if rtype in _PC_RELATIVE else 0)
+                target = sym["st_value"] + r["r_addend"]
+                if rtype in _PC_RELATIVE:
+                    if not low - _MAX_TRAILING_IMMEDIATE - 4 <= target < high:
+                        continue  # cheap filter before decoding the instruction
+                    target += _pc_adjust(exe, r["r_offset"])
                 if low <= target < high:
-                    found.append(Reference(r["r_offset"], rtype, _FIELD_SIZE[rtype]))
+                    found.append(Reference(r["r_offset"], rtype, _FIELD_SIZE[rtype],
+                                           target - low))
     return found
 
 

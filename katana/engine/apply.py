@@ -36,7 +36,7 @@ class Redirect:
     name: str
     address: int  # entry of a function that the patch supersedes
     expected: bytes  # what must be there now (verified while stopped)
-    target: int = 0  # where the new code lands (known once mapped)
+    size: int = 0  # of the superseded function: its code never runs again once redirected
 
 
 @dataclass
@@ -152,12 +152,12 @@ def _plan_redirects(plan: Plan) -> None:
             # executable: its call displacements differ from the running one's.)
             expected = sites[address].new if address in sites else \
                 plan.exe.read(exe_sym.value, max(exe_sym.size, JMP_SIZE))
-            plan.redirects.append(Redirect(name, address, expected))
+            plan.redirects.append(Redirect(name, address, expected, exe_sym.size))
         for record in plan.records:  # earlier patches' copies jump on to the newest
             if key(name, file) in record.functions:
-                address = record.functions[key(name, file)][0]
+                address, size = record.functions[key(name, file)]
                 current = sites[address].new[:JMP_SIZE] if address in sites else b""
-                plan.redirects.append(Redirect(name, address, current))
+                plan.redirects.append(Redirect(name, address, current, size))
 
 
 def _plan_safety(plan: Plan) -> None:
@@ -282,23 +282,28 @@ class Commit:
         if not self.plan.transfers:
             return
         st = StateTransfer(self.proc.read, self.plan.po.meta.types)
-        roots = []
         for v, old, _refs in self.plan.transfers:
-            st.seed(old, _new_address(self.plan, self.base, v.symbol))  # type: ignore[arg-type]
-            roots.append((old, v.type or ""))
-        for old, type_key in roots:
-            st.discover(old, type_key)
+            st.seed(old, _new_address(self.plan, self.base, v.symbol),  # type: ignore[arg-type]
+                    v.type or "")
+        st.discover()
         if st.pointees:
             size = (st.heap_size() + 4095) & ~4095
             heap = alloc.map_near(self.proc, size, inject.PROT_READ | inject.PROT_WRITE)
             self.extra.append((heap, size))
             st.place(heap)
-        for address, data in st.writes(roots):
+        for address, data in st.writes():
             self.proc.write(address, data)
-        for v, old, refs in self.plan.transfers:
-            delta = _new_address(self.plan, self.base, v.symbol) - old  # type: ignore[arg-type]
+        dead = [(r.address, r.address + r.size) for r in self.plan.redirects]
+        for _v, old, refs in self.plan.transfers:
             for ref in refs:
-                self._repoint(ref.address + self.plan.bias, ref, delta)
+                address = ref.address + self.plan.bias
+                if any(lo <= address < hi for lo, hi in dead):
+                    continue  # in a replaced function: never runs again
+                new = st.new_address(old + ref.offset)
+                if new is None:
+                    raise ApplyError(f"the code or data at {address:#x} refers to a part of "
+                                     f"{_v.name} that the new layout drops")
+                self._repoint(address, ref, new - (old + ref.offset))
 
     def _repoint(self, address: int, ref: Reference, delta: int) -> None:
         raw = self.proc.read(address, ref.size)

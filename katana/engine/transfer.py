@@ -8,6 +8,7 @@ makes shared and cyclic structures come out shared and cyclic.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable
 
@@ -17,21 +18,72 @@ from katana.po.model import TypeTransform
 Reader = Callable[[int, int], bytes]
 
 
+def map_offset(types: dict[str, TypeTransform], key: str, offset: int) -> int | None:
+    """Where byte ``offset`` of an old value of type ``key`` lands in the new value; None when
+    it lies in something dropped (a removed field, padding). One past the end maps to one past
+    the new end, as C lets a pointer do."""
+    t = types[key]
+    for op in t.ops:
+        if op.kind in ("copy", "pointer"):
+            size = op.size or 8
+            if op.src <= offset < op.src + size:
+                return op.dst + offset - op.src
+        elif op.kind == "struct" and op.type is not None:
+            sub = types[op.type]
+            if op.src <= offset < op.src + sub.old_size:
+                inner = map_offset(types, op.type, offset - op.src)
+                return None if inner is None else op.dst + inner
+        elif op.kind == "array" and op.src <= offset < op.src + op.count * op.src_stride:
+            index, rest = divmod(offset - op.src, op.src_stride)
+            base = op.dst + index * op.dst_stride
+            if op.type is None:
+                return base + rest if rest < op.size else None
+            inner = map_offset(types, op.type, rest)
+            return None if inner is None else base + inner
+    return t.new_size if offset == t.old_size else None
+
+
+class _Moved:
+    """Old objects that move, sorted by old address, for finding the one a pointer hits."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.objects: list[tuple[int, int, str, int]] = []  # (old, old size, type key, new)
+
+    def add(self, old: int, size: int, key: str, new: int) -> None:
+        i = bisect.bisect_left(self.starts, old)
+        self.starts.insert(i, old)
+        self.objects.insert(i, (old, size, key, new))
+
+    def find(self, address: int, one_past: bool = False) -> tuple[int, int, str, int] | None:
+        i = bisect.bisect_right(self.starts, address) - 1
+        if i >= 0:
+            old, size, key, new = self.objects[i]
+            if address < old + size or (one_past and address == old + size):
+                return self.objects[i]
+        return None
+
+
 class StateTransfer:
     def __init__(self, read: Reader, types: dict[str, TypeTransform]) -> None:
         self.read = read
         self.types = types
-        self.moved: dict[int, int] = {}  # old address -> new address
+        self.moved = _Moved()
+        self.roots: list[tuple[int, str]] = []
         self.pointees: list[tuple[int, str]] = []  # (old address, type key), discovery order
 
-    def seed(self, old: int, new: int) -> None:
+    def seed(self, old: int, new: int, key: str) -> None:
         """A variable that already has its new storage (a global in the patch region)."""
-        self.moved[old] = new
+        self.moved.add(old, self.types[key].old_size, key, new)
+        self.roots.append((old, key))
 
-    def discover(self, old: int, type_key: str) -> None:
-        """Find every heap object reachable through pointers to changed types."""
-        queue = [(old, type_key)]
-        seen = {old}
+    def discover(self) -> None:
+        """Find every object reachable through pointers to changed types, from every root.
+
+        A pointer that lands inside an object already known (``&pool[1]``, a field) is not a
+        new object: it will be re-aimed into the new layout of the one it lands in."""
+        known: list[tuple[int, int]] = []
+        queue = list(self.roots)
         while queue:
             address, key = queue.pop()
             found: list[tuple[int, str]] = []
@@ -42,10 +94,11 @@ class StateTransfer:
 
             self.convert(self._read(address, key), key, note)
             for p, k in found:
-                if p and p not in seen and p not in self.moved:
-                    seen.add(p)
-                    self.pointees.append((p, k))
-                    queue.append((p, k))
+                if not p or self.moved.find(p) or any(lo <= p < hi for lo, hi in known):
+                    continue
+                known.append((p, p + self.types[k].old_size))
+                self.pointees.append((p, k))
+                queue.append((p, k))
 
     def heap_size(self) -> int:
         return sum(_align8(self.types[k].new_size) for _, k in self.pointees)
@@ -53,19 +106,35 @@ class StateTransfer:
     def place(self, heap: int) -> None:
         """Give each discovered pointee its new address inside ``heap``."""
         for old, key in self.pointees:
-            self.moved[old] = heap
+            self.moved.add(old, self.types[key].old_size, key, heap)
             heap += _align8(self.types[key].new_size)
 
-    def writes(self, roots: list[tuple[int, str]]) -> list[tuple[int, bytes]]:
+    def new_address(self, address: int) -> int | None:
+        """Where an old address (of a moved object, or inside one) is in the new layout."""
+        hit = self.moved.find(address, one_past=True)
+        if hit is None:
+            return None
+        old, _size, key, new = hit
+        inner = map_offset(self.types, key, address - old)
+        return None if inner is None else new + inner
+
+    def writes(self) -> list[tuple[int, bytes]]:
         """(new address, new bytes) for every root variable and every moved pointee."""
         out = []
-        for old, key in roots + self.pointees:
-            out.append((self.moved[old], bytes(self.convert(self._read(old, key), key,
-                                                             self._aim))))
+        for old, key in self.roots + self.pointees:
+            new = self.new_address(old)
+            assert new is not None
+            out.append((new, bytes(self.convert(self._read(old, key), key, self._aim))))
         return out
 
     def _aim(self, pointer: int, key: str) -> int:
-        return self.moved.get(pointer, pointer) if pointer else 0
+        if not pointer:
+            return 0
+        new = self.new_address(pointer)
+        if new is None:
+            raise ApplyError(f"a pointer to {pointer:#x} points into a part of a "
+                             f"{self.types[key].name} that the new layout drops")
+        return new
 
     def _read(self, address: int, key: str) -> bytes:
         size = self.types[key].old_size

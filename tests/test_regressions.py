@@ -1,0 +1,80 @@
+"""Live regressions: programs that once made katana produce a wrong or crashing patch.
+
+Each prints invariants that hold in v0 and v1 alike, so state that is lost, duplicated or left
+behind in old storage shows up on the lines printed after the patch.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from livekit import Live, build_scenario, katana
+
+pytestmark = pytest.mark.live
+PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+
+
+def _patched(name: str, tmp_path, pie: bool, pattern: str, lines: int = 6) -> list[re.Match]:
+    """Start v0, apply v0 -> v1, and return ``lines`` matches of ``pattern`` printed after."""
+    trees = build_scenario(name, tmp_path, pie=pie)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(trees["v0"].parent), str(trees["v1"].parent), "prog",
+           check=True)
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick 3\b")
+        result = katana("apply", str(po), str(live.pid))
+        assert result.returncode == 0, result.stderr
+        after = live.mark()
+        found = []
+        for _ in range(lines):
+            found.append(live.wait_for(pattern, after=after))
+            after = live.last_index + 1
+        assert live.alive()
+        return found
+    finally:
+        live.kill()
+
+
+@PIE
+def test_library_data_read_by_new_code(tmp_path, pie):
+    found = _patched("library_data", tmp_path, pie, r"tick (\d+) V1")
+    ticks = [int(m.group(1)) for m in found]
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))
+
+
+@PIE
+def test_pointer_one_past_the_end(tmp_path, pie):
+    found = _patched("one_past_end", tmp_path, pie, r"tick (\d+) index (-?\d+)", lines=20)
+    indexes = [int(m.group(2)) for m in found]
+    assert all(0 <= i < 16 for i in indexes)
+    assert all(b == (a + 1) % 16 for a, b in zip(indexes, indexes[1:], strict=False))
+
+
+@PIE
+def test_reference_with_an_immediate_after_the_displacement(tmp_path, pie):
+    found = _patched("immediate_after_disp", tmp_path, pie,
+                     r"tick (\d+) hits (\d+) misses (\d+) total (\d+) other (\d+) V1")
+    for m in found:
+        tick, hits, misses, total, other = map(int, m.groups())
+        assert (hits, misses, total, other) == (100 * tick, tick, tick * (tick + 1) // 2,
+                                                1000 * tick)
+
+
+@PIE
+def test_pointer_to_a_field_that_moves(tmp_path, pie):
+    found = _patched("interior_pointer", tmp_path, pie,
+                     r"tick (\d+) hits (\d+) misses (\d+) total (\d+) V1 extra (\d+)")
+    for m in found:
+        tick, hits, misses, total, extra = map(int, m.groups())
+        assert (hits, misses, total, extra) == (tick, tick, tick * (tick + 1) // 2, 0)
+
+
+@PIE
+def test_pointer_ring_inside_a_transformed_array(tmp_path, pie):
+    found = _patched("pointer_ring_in_array", tmp_path, pie,
+                     r"tick (\d+) 1:(\d+) 2:(\d+) 3:(\d+) V1")
+    for m in found:
+        tick, *visits = map(int, m.groups())
+        assert sum(visits) == tick and max(visits) - min(visits) <= 1

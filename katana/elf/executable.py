@@ -84,6 +84,7 @@ class Reference:
     type: int
     size: int  # field size in bytes
     offset: int  # where in [low, high) it points: a field of a struct, an element of an array
+    code: bool  # in code (compiled against the layout of its version) or in data (a live value)
 
 
 _MAX_TRAILING_IMMEDIATE = 4  # ``addl $imm32, x(%rip)``: the largest immediate after a disp32
@@ -115,8 +116,10 @@ def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
         for sec in elf.iter_sections():
             if sec["sh_type"] != "SHT_RELA" or sec["sh_info"] == 0:
                 continue
-            if not elf.get_section(sec["sh_info"])["sh_flags"] & 0x2:  # SHF_ALLOC only
+            flags = elf.get_section(sec["sh_info"])["sh_flags"]
+            if not flags & 0x2:  # SHF_ALLOC only
                 continue
+            code = bool(flags & 0x4)  # SHF_EXECINSTR
             for r in sec.iter_relocations():
                 rtype = r["r_info_type"]
                 if rtype not in _FIELD_SIZE:
@@ -129,7 +132,7 @@ def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
                     target += _pc_adjust(exe, r["r_offset"])
                 if low <= target < high:
                     found.append(Reference(r["r_offset"], rtype, _FIELD_SIZE[rtype],
-                                           target - low))
+                                           target - low, code))
     return found
 
 

@@ -294,16 +294,27 @@ class Commit:
         for address, data in st.writes():
             self.proc.write(address, data)
         dead = [(r.address, r.address + r.size) for r in self.plan.redirects]
-        for _v, old, refs in self.plan.transfers:
+        for v, old, refs in self.plan.transfers:
+            base = _new_address(self.plan, self.base, v.symbol)  # type: ignore[arg-type]
             for ref in refs:
                 address = ref.address + self.plan.bias
                 if any(lo <= address < hi for lo, hi in dead):
                     continue  # in a replaced function: never runs again
-                new = st.new_address(old + ref.offset)
-                if new is None:
-                    raise ApplyError(f"the code or data at {address:#x} refers to a part of "
-                                     f"{_v.name} that the new layout drops")
-                self._repoint(address, ref, new - (old + ref.offset))
+                self._repoint(address, ref, self._moved_by(st, v.name, old, base, ref))
+
+    @staticmethod
+    def _moved_by(st: StateTransfer, name: str, old: int, base: int, ref: Reference) -> int:
+        """How far a reference to a transformed variable must move. Unchanged code was compiled
+        against the new layout as much as the old (its offsets are the same in both builds, or
+        it would have changed): it moves with the variable. A pointer stored in data is a live
+        value: it follows its field to wherever the transformation put it."""
+        if ref.code:
+            return base - old
+        new = st.new_address(old + ref.offset)
+        if new is None:
+            raise ApplyError(f"a pointer at {ref.address:#x} refers to a part of {name} that the "
+                             "new layout drops")
+        return new - (old + ref.offset)
 
     def _repoint(self, address: int, ref: Reference, delta: int) -> None:
         raw = self.proc.read(address, ref.size)

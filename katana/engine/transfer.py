@@ -12,7 +12,7 @@ import bisect
 import struct
 from collections.abc import Callable
 
-from katana.errors import ApplyError
+from katana.errors import ApplyError, KatanaError
 from katana.po.model import TypeTransform
 
 Reader = Callable[[int, int], bytes]
@@ -21,8 +21,12 @@ Reader = Callable[[int, int], bytes]
 def map_offset(types: dict[str, TypeTransform], key: str, offset: int) -> int | None:
     """Where byte ``offset`` of an old value of type ``key`` lands in the new value; None when
     it lies in something dropped (a removed field, padding). One past the end maps to one past
-    the new end, as C lets a pointer do."""
+    the new end, as C lets a pointer do. The start of an object or sub-object (a nested
+    struct, an array element) maps to the start of its new version: a pointer there means
+    the object far more often than its first member, which may have moved inside it."""
     t = types[key]
+    if offset == 0:
+        return 0
     for op in t.ops:
         if op.kind in ("copy", "pointer"):
             size = op.size or 8
@@ -31,7 +35,7 @@ def map_offset(types: dict[str, TypeTransform], key: str, offset: int) -> int | 
         elif op.kind == "struct" and op.type is not None:
             sub = types[op.type]
             if op.src <= offset < op.src + sub.old_size:
-                inner = map_offset(types, op.type, offset - op.src)
+                inner = map_offset(types, op.type, offset - op.src)  # 0 -> 0: starts to starts
                 return None if inner is None else op.dst + inner
         elif op.kind == "array" and op.src <= offset < op.src + op.count * op.src_stride:
             index, rest = divmod(offset - op.src, op.src_stride)
@@ -140,7 +144,7 @@ class StateTransfer:
         size = self.types[key].old_size
         try:
             data = self.read(address, size)
-        except Exception as e:  # an unreadable pointee: a dangling or foreign pointer
+        except (KatanaError, OSError) as e:  # a dangling or foreign pointer
             raise ApplyError(f"cannot read a {self.types[key].name} at {address:#x} to "
                              f"transform it ({e})") from e
         if len(data) != size:

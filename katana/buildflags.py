@@ -21,6 +21,10 @@ LIVE_PATCHING = "-flive-patching=inline-clone"
 # loop that never returns (main's event loop), a change to the helper becomes a change to the
 # loop, which is always on the stack, so the patch could never find a safe point.
 OUTLINE_CALLEES = ["-fno-inline-functions-called-once", "-fno-inline-small-functions"]
+# Five unused bytes before every function entry (never executed: code size only). A function
+# too short to hold a 5-byte jump at its entry (a 1-byte `ret`, the last one of .text, which has
+# no alignment padding after it) can then take a 2-byte jump back to a full jump there.
+ENTRY_ROOM = "-fpatchable-function-entry=5,5"
 # --emit-relocs keeps the relocations in the executable, so apply can find every reference to a
 # variable whose layout changes; the build-id ties a patch to the exact build it was made from.
 LINK_FLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1"]
@@ -87,6 +91,8 @@ def compile_flags(top: str, compiler: Compiler, outline_callees: bool) -> list[s
     flags = [DEBUG_INFO, *SECTIONS, f"-ffile-prefix-map={top}=."]
     if (compiler.gcc_major or 0) >= 9:
         flags.append(LIVE_PATCHING)
+    if (compiler.gcc_major or 0) >= 8:
+        flags.append(ENTRY_ROOM)
     if outline_callees:
         flags += OUTLINE_CALLEES
     return flags

@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 SCENARIOS = HERE / "scenarios"
 CFLAGS = ["-g", "-O2", "-ffunction-sections", "-fdata-sections", "-flive-patching=inline-clone",
+          "-fpatchable-function-entry=5,5",
           "-fno-inline-functions-called-once", "-fno-inline-small-functions", "-pthread"]
 LDFLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1", "-pthread"]
 

@@ -111,3 +111,29 @@ def test_all_processes_of_one_build(tmp_path):
     finally:
         for live in lives:
             live.kill()
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+def test_stacked_transform_reaims_the_earlier_patch(tmp_path, pie):
+    """v1 adds `acc` and add_a/add_b; v2 grows `acc`. add_a is unchanged in v2, so it is still
+    patch 1's code: its references must move to the new storage with the variable."""
+    trees = build_scenario("stacked_transform", tmp_path, pie=pie, versions=("v0", "v1", "v2"))
+    v0_v1, v1_v2 = _po(trees, "v0", "v1", tmp_path), _po(trees, "v1", "v2", tmp_path)
+    listing = katana("list", str(v1_v2), check=True).stdout
+    assert "add_a" not in listing.split("Variables")[0]  # v2 leaves add_a alone
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick \d+ V0")
+        katana("apply", str(v0_v1), str(live.pid), check=True)
+        live.wait_for(r"a (\d+) b (\d+) V1", after=live.mark())
+        katana("apply", str(v1_v2), str(live.pid), check=True)
+        after = live.mark()
+        previous = 0
+        for _ in range(6):
+            m = live.wait_for(r"a (\d+) b (\d+) z (\d+) V2", after=after)
+            after = live.last_index + 1
+            a, b, z = map(int, m.groups())
+            assert b == 2 * a and z == 0 and a > previous
+            previous = a
+    finally:
+        live.kill()

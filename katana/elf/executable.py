@@ -60,6 +60,12 @@ class Executable:
         nxt = self.symbols.next_function(function.value)
         return function.size if nxt is None else max(function.size, nxt - function.value)
 
+    def gap_before(self, function: ElfSymbol) -> int:
+        """Unused bytes just before a function's entry: alignment padding after the previous
+        function, or the NOPs ``-fpatchable-function-entry=5,5`` puts there for a jump."""
+        end = self.symbols.previous_function_end(function.value)
+        return 0 if end is None else max(0, function.value - end)
+
     def read(self, vaddr: int, size: int) -> bytes:
         """Bytes of the file image at a link-time address (zeros past a segment's file size)."""
         if self._data is None:

@@ -83,6 +83,10 @@ class ExecutableSymbols:
             if not self._funcs or self._funcs[-1].value != s.value:
                 self._funcs.append(s)
         self._starts = [s.value for s in self._funcs]
+        # every function entry, sizeless ones too (_init, _fini): what bounds a function's room
+        self._entries = sorted({s.value for group in (self._globals, self._locals)
+                                for syms in group.values() for s in syms
+                                if s.type in (STT_FUNC, STT_GNU_IFUNC)})
 
     def find(self, name: str, file: str | None = None) -> ElfSymbol | None:
         """The symbol called ``name``; None when there is none.
@@ -118,8 +122,13 @@ class ExecutableSymbols:
 
     def next_function(self, value: int) -> int | None:
         """Link-time start of the first function above ``value`` (None past the last one)."""
-        index = bisect.bisect_right(self._starts, value)
-        return self._starts[index] if index < len(self._starts) else None
+        index = bisect.bisect_right(self._entries, value)
+        return self._entries[index] if index < len(self._entries) else None
+
+    def previous_function_end(self, value: int) -> int | None:
+        """Link-time end of the last function that starts below ``value`` (None if none)."""
+        index = bisect.bisect_left(self._starts, value) - 1
+        return self._funcs[index].value + self._funcs[index].size if index >= 0 else None
 
     def find_global(self, name: str) -> ElfSymbol | None:
         """The global (or weak) symbol called ``name``, never a local of that name."""

@@ -9,6 +9,7 @@ unmaps the region, so the process carries on exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 import time
@@ -18,7 +19,16 @@ from pathlib import Path
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.engine import alloc, inject, procfs
-from katana.engine.loader import R_X86_64_PC32, R_X86_64_PLT32, Layout, link, plan_layout
+from katana.engine.loader import (
+    R_X86_64_64,
+    R_X86_64_NONE,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    Layout,
+    link,
+    plan_layout,
+)
 from katana.engine.process import Process
 from katana.engine.record import Record, Site, key, read_records
 from katana.engine.transfer import StateTransfer
@@ -28,6 +38,9 @@ from katana.po.model import PatchObject, Symbol, VariablePatch
 
 JMP_REL32 = 0xE9
 JMP_SIZE = 5
+# A function too short for `jmp rel32` (the last one of .text, a 1-byte `ret`) takes a 2-byte
+# `jmp -7` at its entry to a `jmp rel32` written in the unused bytes just before it.
+SHORT_JMP_BACK = b"\xeb\xf9"
 RECORD_RESERVE = 64 * 1024  # the record is written last, into the region's first pages
 
 
@@ -35,8 +48,13 @@ RECORD_RESERVE = 64 * 1024  # the record is written last, into the region's firs
 class Redirect:
     name: str
     address: int  # entry of a function that the patch supersedes
-    expected: bytes  # what must be there now (verified while stopped)
+    expected: bytes  # what must be there now, from ``start`` (verified while stopped)
     size: int = 0  # of the superseded function: its code never runs again once redirected
+    before_entry: bool = False  # the long jump goes just before the entry (see SHORT_JMP_BACK)
+
+    @property
+    def start(self) -> int:
+        return self.address - JMP_SIZE if self.before_entry else self.address
 
 
 @dataclass
@@ -143,21 +161,32 @@ def _plan_redirects(plan: Plan) -> None:
         name, file = f.old_name or f.name, f.file if f.local else None
         exe_sym = plan.exe.lookup(name, file)
         if exe_sym is not None:
-            if plan.exe.room(exe_sym) < JMP_SIZE:
-                raise ApplyError(f"{name} is {exe_sym.size} bytes long, too short for a jump",
-                                 hint="build with the katana SCons tool's flags")
-            address = exe_sym.value + plan.bias
-            # Not yet redirected: it must still hold what the executable file has there. (The
-            # PO's old_code is the FROM build's bytes, which for a stacked patch is another
-            # executable: its call displacements differ from the running one's.)
-            expected = sites[address].new if address in sites else \
-                plan.exe.read(exe_sym.value, max(exe_sym.size, JMP_SIZE))
-            plan.redirects.append(Redirect(name, address, expected, exe_sym.size))
+            plan.redirects.append(_exe_redirect(plan, name, exe_sym, sites))
         for record in plan.records:  # earlier patches' copies jump on to the newest
             if key(name, file) in record.functions:
                 address, size = record.functions[key(name, file)]
                 current = sites[address].new[:JMP_SIZE] if address in sites else b""
                 plan.redirects.append(Redirect(name, address, current, size))
+
+
+def _exe_redirect(plan: Plan, name: str, sym, sites: dict[int, Site]) -> Redirect:
+    before = plan.exe.room(sym) < JMP_SIZE
+    if before and (plan.exe.room(sym) < len(SHORT_JMP_BACK) or
+                   plan.exe.gap_before(sym) < JMP_SIZE):
+        raise ApplyError(f"{name} is {sym.size} bytes long with no room around it for a jump",
+                         hint="build with the katana SCons tool: its "
+                              "-fpatchable-function-entry=5,5 leaves room before every function")
+    address = sym.value + plan.bias
+    start, length = (address - JMP_SIZE, JMP_SIZE + len(SHORT_JMP_BACK)) if before else \
+        (address, max(sym.size, JMP_SIZE))
+    # Not yet redirected: it must still hold what the executable file has there. (The PO's
+    # old_code is the FROM build's bytes, which for a stacked patch is another executable:
+    # its call displacements differ from the running one's.)
+    if start in sites:
+        expected = sites[start].new + (sites[address].new if before else b"")
+    else:
+        expected = plan.exe.read(start - plan.bias, length)
+    return Redirect(name, address, expected, sym.size, before)
 
 
 def _plan_safety(plan: Plan) -> None:
@@ -183,8 +212,11 @@ def _plan_transfers(plan: Plan) -> None:
         if old is None:
             raise ApplyError(f"variable {name} is not in the running program")
         in_exe = plan.exe.lookup(name, file)
-        refs = references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size) \
+        refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
+                references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
             if in_exe is not None and in_exe.value + plan.bias == old else []
+        for record in plan.records:  # earlier patches' code refers to it too
+            refs += [Reference(*site) for site in record.refs.get(key(name, file), [])]
         plan.transfers.append((v, old, refs))
 
 
@@ -227,9 +259,31 @@ def _record(plan: Plan, base: int, sites: list[Site]) -> Record:
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
     rec.sites = sites
+    rec.refs = _data_references(plan, base)
     rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
     rec.revertible = not any(v.status == "transformed" for v in m.variables)
     return rec
+
+
+def _data_references(plan: Plan, base: int) -> dict[str, list[list]]:
+    """Where the patch's code and data refer to variables (by the TO name), so that a later
+    patch that transforms one of them can re-aim these references too."""
+    assert plan.layout is not None
+    refs: dict[str, list[list]] = {}
+    for i, sec in enumerate(plan.po.sections):
+        for r in sec.relocs:
+            sym = plan.po.symbols[r.symbol]
+            if sym.kind != "object" or r.type == R_X86_64_NONE:
+                continue
+            k = key(sym.new_name or sym.name, sym.file if sym.local else None)
+            if r.symbol in plan.layout.got_offset:  # through a GOT slot: the slot holds it
+                site = [base + plan.layout.got_offset[r.symbol], R_X86_64_64, 8, 0, True]
+            else:
+                size = 8 if r.type in (R_X86_64_64, R_X86_64_PC64) else 4
+                site = [base + plan.layout.offsets[i] + r.offset, r.type, size,
+                        max(r.addend, 0), sec.kind == "text"]
+            refs.setdefault(k, []).append(site)
+    return refs
 
 
 class Commit:
@@ -246,7 +300,7 @@ class Commit:
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
         for r in plan.redirects:
-            live = proc.read(r.address, len(r.expected)) if r.expected else b""
+            live = proc.read(r.start, len(r.expected)) if r.expected else b""
             if live != r.expected:
                 raise ApplyError(f"{r.name} at {r.address:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
@@ -297,7 +351,7 @@ class Commit:
         for v, old, refs in self.plan.transfers:
             base = _new_address(self.plan, self.base, v.symbol)  # type: ignore[arg-type]
             for ref in refs:
-                address = ref.address + self.plan.bias
+                address = ref.address
                 if any(lo <= address < hi for lo, hi in dead):
                     continue  # in a replaced function: never runs again
                 self._repoint(address, ref, self._moved_by(st, v.name, old, base, ref))
@@ -331,10 +385,14 @@ class Commit:
         by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
         for r in self.plan.redirects:
             target = _new_address(self.plan, self.base, by_name[r.name].symbol)
-            jump = struct.pack("<Bi", JMP_REL32, target - (r.address + JMP_SIZE))
-            original = self.proc.read(r.address, JMP_SIZE)
-            self.proc.write(r.address, jump)
-            self.sites.append(Site(r.address, original, jump))
+            self._write(r.start, struct.pack("<Bi", JMP_REL32, target - (r.start + JMP_SIZE)))
+            if r.before_entry:  # the long jump is in place: now send the entry to it
+                self._write(r.address, SHORT_JMP_BACK)
+
+    def _write(self, address: int, data: bytes) -> None:
+        original = self.proc.read(address, len(data))
+        self.proc.write(address, data)
+        self.sites.append(Site(address, original, data))
 
     def undo(self) -> None:
         """Put back every overwritten byte and free the region (best effort, newest first)."""

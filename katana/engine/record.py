@@ -56,6 +56,8 @@ class Record:
     sites: list[Site] = field(default_factory=list)  # redirects and re-pointed references
     variables: list[dict] = field(default_factory=list)
     extra_regions: list[tuple[int, int]] = field(default_factory=list)
+    # variable key -> [[site, R_X86_64 type, field size, offset in the variable, in code?]]
+    refs: dict[str, list[list]] = field(default_factory=dict)
     revertible: bool = True
 
     def encode(self) -> bytes:

@@ -10,15 +10,18 @@ driver that calls ``protocol_handle`` in a loop with no network, built three way
     live       baseline + -flive-patching=inline-clone
     once       live + -fno-inline-functions-called-once
     small      live + -fno-inline-small-functions
-    katana     live + both (the tool's default, KATANA_OUTLINE_CALLEES)
+    katana     live + both + -fpatchable-function-entry=5,5 (the tool's default)
 
-Prints the median of several runs of each and the ratio to the baseline, all measured in this
-invocation. Run: python bench/outline.py [--runs N] [--requests N]
+Prints the median wall time of several runs of each and the ratio to the baseline, all measured
+in this invocation, and, where valgrind is installed, the instructions executed (callgrind):
+those do not depend on what else the machine is doing, so small differences are real.
+Run: python bench/outline.py [--runs N] [--requests N]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import time
@@ -32,8 +35,8 @@ VARIANTS = {
     "live": [*BASE, "-flive-patching=inline-clone"],
     "once": [*BASE, "-flive-patching=inline-clone", "-fno-inline-functions-called-once"],
     "small": [*BASE, "-flive-patching=inline-clone", "-fno-inline-small-functions"],
-    "katana": [*BASE, "-flive-patching=inline-clone", "-fno-inline-functions-called-once",
-               "-fno-inline-small-functions"],
+    "katana": [*BASE, "-flive-patching=inline-clone", "-fpatchable-function-entry=5,5",
+               "-fno-inline-functions-called-once", "-fno-inline-small-functions"],
 }
 DRIVER = r"""
 #include <stdio.h>
@@ -81,6 +84,16 @@ def run_once(program: Path, requests: int) -> float:
     return time.perf_counter() - started
 
 
+def instructions(program: Path, requests: int) -> int | None:
+    """Instructions executed (callgrind's Ir total), or None without valgrind."""
+    if shutil.which("valgrind") is None:
+        return None
+    result = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                             str(program), str(requests)], capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    return int(found.group(1)) if found else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -92,14 +105,17 @@ def main() -> None:
     for _ in range(args.runs):  # interleaved, so that machine noise hits every variant alike
         for variant, program in programs.items():
             times[variant].append(run_once(program, args.requests))
-    base = median(times["baseline"])
+    counted = {v: instructions(p, args.requests // 10) for v, p in programs.items()}
+    base, base_ir = median(times["baseline"]), counted["baseline"]
     rows = []
     for variant in VARIANTS:
-        m = median(times[variant])
+        m, ir = median(times[variant]), counted[variant]
         rows.append([variant, f"{m * 1000:.1f}", f"{args.requests / m / 1e6:.2f}",
-                     f"{m / base:.3f}"])
-    print(f"kvd request path, {args.requests:,} requests, median of {args.runs} runs")
-    print(table(["flags", "ms", "M req/s", "x baseline"], rows))
+                     f"{m / base:.3f}", "-" if ir is None else f"{ir / 1e6:.1f}",
+                     "-" if ir is None or not base_ir else f"{ir / base_ir:.4f}"])
+    print(f"kvd request path, {args.requests:,} requests, median of {args.runs} runs; "
+          f"instructions for {args.requests // 10:,} requests")
+    print(table(["flags", "ms", "M req/s", "x baseline", "M instr", "x baseline"], rows))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -135,5 +137,25 @@ def test_stacked_transform_reaims_the_earlier_patch(tmp_path, pie):
             a, b, z = map(int, m.groups())
             assert b == 2 * a and z == 0 and a > previous
             previous = a
+    finally:
+        live.kill()
+
+
+def test_apply_can_leave_the_target_stopped(tmp_path):
+    """`katana -p -s`: the original's debugging aid. The process stays stopped, patched, until
+    SIGCONT."""
+    trees = build_scenario("body_change", tmp_path)
+    po = _po(trees, "v0", "v1", tmp_path)
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick \d+ result \d+")
+        katana("-p", "-s", str(po), str(live.pid), check=True)
+        state = Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "T"
+        os.kill(live.pid, signal.SIGCONT)
+        m = live.wait_for(r"tick (\d+) result (\d+)", after=live.mark())
+        while int(m.group(1)) % 7 == 0:
+            m = live.wait_for(r"tick (\d+) result (\d+)", after=live.last_index + 1)
+        assert int(m.group(2)) == int(m.group(1)) * 1000
     finally:
         live.kill()

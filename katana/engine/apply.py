@@ -41,7 +41,7 @@ JMP_SIZE = 5
 # A function too short for `jmp rel32` (the last one of .text, a 1-byte `ret`) takes a 2-byte
 # `jmp -7` at its entry to a `jmp rel32` written in the unused bytes just before it.
 SHORT_JMP_BACK = b"\xeb\xf9"
-RECORD_RESERVE = 64 * 1024  # the record is written last, into the region's first pages
+SITE_JSON = 96  # bytes a site (an overwritten place) adds to the record, at most
 
 
 @dataclass
@@ -228,10 +228,10 @@ def prepare(po_path: Path, pid: int) -> Plan:
     bias = procfs.load_bias(pid) if exe.pie else 0
     plan = Plan(pid, po, sha, records, exe, bias)
     _resolve_externals(plan)
-    plan.layout = plan_layout(po, RECORD_RESERVE, plan.far)
     _plan_redirects(plan)
     _plan_safety(plan)
     _plan_transfers(plan)
+    plan.layout = plan_layout(po, _record_reserve(plan), plan.far)
     plan.timings["prepare"] = time.monotonic() - started
     return plan
 
@@ -263,6 +263,15 @@ def _record(plan: Plan, base: int, sites: list[Site]) -> Record:
     rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
     rec.revertible = not any(v.status == "transformed" for v in m.variables)
     return rec
+
+
+def _record_reserve(plan: Plan) -> int:
+    """Room for the record: its size with every address at its longest, plus the sites (jumps
+    and re-aimed references) that only the commit knows the bytes of."""
+    plan.layout = plan_layout(plan.po, 0, plan.far)
+    provisional = _record(plan, 2**47 - 1, [])
+    sites = 2 * len(plan.redirects) + sum(len(refs) for _v, _o, refs in plan.transfers)
+    return len(provisional.encode()) + sites * SITE_JSON + 1024
 
 
 def _data_references(plan: Plan, base: int) -> dict[str, list[list]]:
@@ -299,6 +308,9 @@ class Commit:
     def run(self) -> Record:
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
+        if [r.region for r in read_records(plan.pid)] != [r.region for r in plan.records]:
+            raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
+                             hint="run the command again: it plans against the patches applied")
         for r in plan.redirects:
             live = proc.read(r.start, len(r.expected)) if r.expected else b""
             if live != r.expected:

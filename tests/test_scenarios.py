@@ -593,11 +593,24 @@ def test_changed_initial_value(scenario, pie):
 
 
 def test_changed_initial_value_alone(scenario):
-    # v0 -> v2 changes only the initial value: a running process keeps its live value, so there
-    # is nothing to patch, and the message must say why rather than blame line numbers.
+    # v0 -> v2 changes only the initial value: a running process keeps its live value, so the
+    # patch changes no code, but it is written (with its warning) and applying it records that
+    # the process now runs v2, so that a patch made FROM v2 applies next.
     built = scenario("changed_initial_value", True, versions=("v0", "v1", "v2"))
-    result = katana("generate", "-o", str(built.root / "p.po"), str(built.dir("v0")),
-                    str(built.dir("v2")), "prog")
-    assert result.returncode == 6, result.stderr
-    assert "only the initial value of limit changed" in result.stderr
-    assert "Traceback" not in result.stderr
+    po = built.root / "p-v0-v2.po"
+    result = katana("generate", "-o", str(po), str(built.dir("v0")), str(built.dir("v2")),
+                    "prog")
+    assert result.returncode == 0, result.stderr
+    assert "initial value of limit changed" in result.stdout
+    listing = json.loads(katana("list", "--json", str(po), check=True).stdout)
+    assert any("limit" in w and "initial value" in w for w in listing["warnings"])
+    live = Live([str(built.dir("v0") / "prog")])
+    try:
+        live.wait_for(r"tick \d+ limit \d+ v0")
+        katana("apply", str(po), str(live.pid), check=True)
+        assert "running: v2" in katana("status", str(live.pid), check=True).stdout
+        for _ in range(3):  # the live value (5 + tick), not v2's initial one
+            m = live.wait_for(r"tick (\d+) limit (\d+) v0", after=live.mark())
+            assert int(m.group(2)) == 5 + int(m.group(1))
+    finally:
+        live.kill()

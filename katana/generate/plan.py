@@ -85,17 +85,11 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     closure.run()
     meta.safety = list({(f.name, f.file): f for f in meta.safety}.values())
     _warnings(diff, meta)
-    if not meta.functions and not any(v.status != "kept" for v in meta.variables):
-        raise NoChangeError(_no_change(diff, meta))
+    # A patch that only keeps live values (a changed initial value) is still written: applying
+    # it changes no code, but records that the process now runs TO, so that the next release's
+    # patch (made FROM it) applies, and its warning stays visible to `katana list`.
+    if not meta.functions and not meta.variables:
+        raise NoChangeError(f"no functional change between {diff.old.label} and "
+                            f"{diff.new.label} ({len(diff.pairs)} object(s) differ only in "
+                            "debug information or line numbers)")
     return PatchObject(meta, closure.sections, closure.symbols)
-
-
-def _no_change(diff: Diff, meta: Meta) -> str:
-    what = f"no functional change between {diff.old.label} and {diff.new.label}"
-    kept = [v.name for v in meta.variables if v.status == "kept"]
-    if kept:
-        # Live state wins (DESIGN.md): a running process keeps its values, so a new initial
-        # value alone changes nothing there. Say so rather than blame the debug information.
-        return (f"{what}: only the initial value of {', '.join(kept)} changed, and a running "
-                "process keeps its live value")
-    return f"{what} ({len(diff.pairs)} object(s) differ only in debug information or line numbers)"

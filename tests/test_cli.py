@@ -69,3 +69,12 @@ def test_no_functional_change_has_its_own_exit_code(tmp_path: Path):
                     str(trees["v0"].parent), "prog")
     assert result.returncode == 6 and "no functional change" in result.stderr
     assert not (tmp_path / "x.po").exists()
+
+
+def test_a_new_constructor_is_refused_at_generation(tmp_path: Path):
+    trees = build_scenario("new_constructor", tmp_path)
+    result = katana("generate", "-o", str(tmp_path / "x.po"), str(trees["v0"].parent),
+                    str(trees["v1"].parent), "prog")
+    assert result.returncode == 5, result.stderr
+    assert "main.o: .init_array" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.po").exists()

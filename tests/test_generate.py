@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from livekit import SCENARIOS, build_version, function_addresses  # noqa: E402
 
 from katana.elf.objfile import ObjectFile  # noqa: E402
-from katana.errors import NoChangeError  # noqa: E402
+from katana.errors import GenerateError, NoChangeError  # noqa: E402
 from katana.generate.plan import build_patch  # noqa: E402
 from katana.generate.tree import load_tree  # noqa: E402
 from katana.po import po_bytes, read_po  # noqa: E402
@@ -30,7 +30,7 @@ PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
 CFLAGS = {"clone_rename": ("-fipa-cp-clone",)}  # as -O3 does: the scenario needs clones
 VERSIONS = {"stacked": ("v0", "v1", "v2")}
 ALL_SCENARIOS = sorted(p.name for p in SCENARIOS.iterdir() if (p / "v0").is_dir())
-NO_CHANGE = {"line_only"}
+NO_CHANGE = {"line_only", "new_constructor"}  # no PO: no functional change / refused
 
 
 # -- variants: a scenario's v0 against a v1 edited here ------------------------------------------
@@ -634,3 +634,9 @@ def test_pointer_to_struct(scenario, pie):
     assert field_names(node) == ["id", "weight", "visits", "next"]
     assert externals(po)["calloc"].section is None
     assert safety(po) == {"build", "step", "report"}
+
+
+@PIE
+def test_new_constructor_is_refused(scenario, pie):
+    with pytest.raises(GenerateError, match=r"main\.o: \.init_array"):
+        scenario("new_constructor", pie).plan()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -435,11 +436,30 @@ class Result:
     timings: dict[str, float]
 
 
-def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False) -> Result:
-    """Apply a PO to process ``pid``; on any failure the process is left as it was."""
+def _quiet(level: int, text: str) -> None:
+    pass
+
+
+def _describe_plan(plan: Plan) -> str:
+    m = plan.po.meta
+    changed = sum(f.status == "changed" for f in m.functions)
+    moved = sum(v.status == "transformed" for v in m.variables)
+    libs = f", {len(plan.far)} from libraries" if plan.far else ""
+    return (f"{m.program} {m.from_label} -> {m.to_label}, build-id {m.from_build_id[:12]} "
+            f"matches: {changed} function(s) to replace, {len(m.functions) - changed} to add, "
+            f"{moved} variable(s) to move; {len(plan.externals) + len(plan.far)} symbol(s) "
+            f"resolved{libs}")
+
+
+def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
+                say: Callable[[int, str], None] = _quiet) -> Result:
+    """Apply a PO to process ``pid``; on any failure the process is left as it was.
+
+    ``say(level, text)`` hears of each phase (level 1) and of details (level 2)."""
     from katana.engine.safepoint import Range, wait_for_safe_point
 
     plan = prepare(po_path, pid)
+    say(1, _describe_plan(plan))
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     commit = Commit(plan, proc)
@@ -449,6 +469,8 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False) ->
                             config.safe_point_retry_interval)
         stopped_at = time.monotonic()
         plan.timings["safe point"] = stopped_at - started
+        say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
+               f"(after {proc.stops} stop(s))")
         try:
             record = commit.run()
         except KatanaError as e:
@@ -459,6 +481,10 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False) ->
             commit.undo()
             raise
         plan.timings["commit"] = time.monotonic() - stopped_at
+        say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
+               f"{len(commit.sites)} place(s) in the program rewritten")
+        for site in commit.sites:
+            say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     finally:
         if proc.attached:
             proc.detach(leave_stopped=leave_stopped or config.leave_stopped)

@@ -52,12 +52,13 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         _say(verbosity, 0, "katana: no running process runs the patch's program")
         return 0
     if len(targets) == 1:  # a single target: its error is the command's error
-        _report(apply_patch(patch, targets[0], config, leave_stopped), verbosity)
+        _report(apply_patch(patch, targets[0], config, leave_stopped,
+                            _teller(targets[0], verbosity)), verbosity)
         return 0
     patched, skipped, failed, code = 0, 0, 0, 0
     for pid in targets:
         try:
-            result = apply_patch(patch, pid, config, leave_stopped)
+            result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, verbosity))
         except MismatchError as e:  # another build, or already patched: not a failure
             skipped += 1
             print(f"katana: {pid}: skipped: {e.message}", file=sys.stderr)
@@ -72,6 +73,13 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
     _say(verbosity, 0, f"katana: {patched} patched, {skipped} skipped, {failed} failed "
          f"(of {len(targets)})")
     return code
+
+
+def _teller(pid: int, verbosity: int):
+    """Phase lines at the default verbosity, details with -v; -q silences both."""
+    def say(level: int, text: str) -> None:
+        _say(verbosity, level, f"{pid}: {text}" if not text.startswith(" ") else text)
+    return say
 
 
 def _report(result, verbosity: int) -> None:

@@ -8,6 +8,7 @@ from katana.elf.executable import Executable, open_executable
 from katana.elf.objfile import ObjSymbol, normalize_name
 from katana.errors import GenerateError, NoChangeError
 from katana.generate.build import Closure
+from katana.generate.compare import Fingerprinter
 from katana.generate.diff import CHILD_SUFFIXES, Diff, ObjectPair, diff_trees
 from katana.generate.tree import Tree
 from katana.generate.variables import added_variables, plan_variables
@@ -67,9 +68,42 @@ def _warnings(diff: Diff, meta: Meta) -> None:
                                      "code")
 
 
+# Sections the program reads only when it starts or exits (or per thread, for TLS images): a
+# change there would never reach a running process, so a patch cannot carry it.
+_START_ONLY = (".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".tdata",
+               ".tbss")
+
+
+def _start_only_changes(diff: Diff) -> list[str]:
+    """Changed or new start-up sections: a change no patch can reach."""
+    found = []
+    for pair in diff.pairs:
+        old = {s.name: s for s in pair.old.sections} if pair.old is not None else {}
+        for sec in pair.new.sections:
+            if not sec.name.startswith(_START_ONLY):
+                continue
+            before = old.get(sec.name)
+            fp = Fingerprinter(pair.new)
+            now = [(r.offset, r.type, fp.identity(sec, r)) for r in sec.relocs]
+            if before is not None:
+                fp_old = Fingerprinter(pair.old)  # type: ignore[arg-type]
+                then = [(r.offset, r.type, fp_old.identity(before, r)) for r in before.relocs]
+                if (before.data, then) == (sec.data, now):
+                    continue
+            found.append(f"{pair.relpath}: {sec.name}")
+    return found
+
+
 def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     """Diff two trees of ``program`` and build the Patch Object that turns old into new."""
     diff = diff_trees(old, new)
+    unreachable = _start_only_changes(diff)
+    if unreachable:
+        raise GenerateError(
+            f"{', '.join(unreachable)} changed: constructors, destructors and thread-local "
+            "initial data run when the program (or a thread) starts, so no patch reaches a "
+            "running process with them",
+            hint="do that work from code the patch changes instead, or restart the program")
     exe = open_executable(old.executable)
     from_id, to_id = read_build_id(old.executable), read_build_id(new.executable)
     if not from_id or not to_id:

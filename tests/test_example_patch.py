@@ -123,9 +123,12 @@ def test_stacked_v1_to_v2_transforms_the_table(project, server):
     assert client.ask("SET fresh 9") == "OK" and client.ask("HITS fresh") == "HITS 0"
     status = katana("status", str(live.pid), check=True).stdout
     assert "v0 -> v1" in status and "v1 -> v2" in status and "running: v2" in status
-    # a patch made for v0 no longer fits this process
+    # a patch made for v0 no longer fits this process (which has it already)
     again = katana("apply", str(project / "patches/kvd-v0-v1.po"), str(live.pid))
-    assert again.returncode == 9 and "build-id" in again.stderr
+    assert again.returncode == 9 and "already has this patch" in again.stderr
+    # nor one made for v0 that it never had: the build-ids differ
+    other = katana("apply", str(project / "patches/kvd-v0-v2.po"), str(live.pid))
+    assert other.returncode == 9 and "build-id" in other.stderr
     client.close()
 
 

@@ -41,6 +41,8 @@ def test_stacked_then_reverted_step_by_step(stacked):
         tick, result = _result(live, 0)
         assert result == tick * 2
         katana("apply", str(v0_v1), str(live.pid), check=True)
+        again = katana("apply", str(v0_v1), str(live.pid))
+        assert again.returncode == 9 and "already has this patch" in again.stderr
         tick1, result = _result(live, live.mark())
         assert result == tick1 * 3 and tick1 > tick
         # v1 -> v2 is checked against what the process runs now: v1, through the record
@@ -51,9 +53,10 @@ def test_stacked_then_reverted_step_by_step(stacked):
         assert "1. prog v0 -> v1" in status and "2. prog v1 -> v2" in status
         assert "running: v2" in status
         assert '"to": "v2"' in katana("status", "--json", str(live.pid), check=True).stdout
-        # a patch for v0 is refused now: the process runs v2
-        refused = katana("apply", str(v0_v1), str(live.pid))
-        assert refused.returncode == 9 and "build-id" in refused.stderr
+        # the patches made for v0 and v1 are refused now: the process runs v2
+        for po in (v0_v1, v1_v2):
+            refused = katana("apply", str(po), str(live.pid))
+            assert refused.returncode == 9 and "already has this patch" in refused.stderr
         katana("revert", str(live.pid), check=True)
         tick3, result = _result(live, live.mark())
         assert result == tick3 * 3 and tick3 > tick2

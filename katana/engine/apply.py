@@ -79,10 +79,15 @@ class Plan:
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
-    raw = Path(po_path).read_bytes() if Path(po_path).is_file() else None
     po = load_po(po_path)
+    sha = hashlib.sha256(Path(po_path).read_bytes()).hexdigest()  # load_po: it is readable
     procfs.check_process(pid)
     records = read_records(pid)
+    for record in records:
+        if record.po_sha256 == sha:
+            raise MismatchError(f"process {pid} already has this patch ({record.program} "
+                                f"{record.from_label} -> {record.to_label})",
+                                hint="katana status shows what a process has applied")
     running = records[-1].to_build_id if records else read_build_id(f"/proc/{pid}/exe")
     if po.meta.from_build_id != running:
         what = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
@@ -91,7 +96,6 @@ def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
             f"process {pid} runs build-id {running} ({what}), but the patch is for "
             f"{po.meta.program} {po.meta.from_label}, build-id {po.meta.from_build_id}",
             hint="make the patch from the release this process runs (katana status shows it)")
-    sha = hashlib.sha256(raw or b"").hexdigest()
     return po, sha, records
 
 

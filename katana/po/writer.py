@@ -17,8 +17,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from katana.errors import FormatError, GenerateError
-from katana.po.model import PatchObject, Section, Symbol
-from katana.po.reader import (
+from katana.po.elfdefs import (
     EHDR,
     ELFCLASS64,
     ELFDATA2LSB,
@@ -43,8 +42,9 @@ from katana.po.reader import (
     STB_LOCAL,
     STT_BY_KIND,
     SYM,
-    read_po,
 )
+from katana.po.model import PatchObject, Section, Symbol
+from katana.po.reader import read_po
 
 _FILE_ALIGN = 16  # file offsets of contents; the load address alignment is sh_addralign's job
 

@@ -1,0 +1,296 @@
+"""What ``katana apply`` decides before the target is stopped.
+
+Verify (the PO reads cleanly, the process runs its FROM build and does not have it yet), resolve
+what the patch uses (earlier patches, the executable, the loaded libraries), and plan the layout,
+the jumps, the safety ranges, the references to transformed variables and the record. Nothing
+here stops or writes the target, so none of it adds to the time the target is held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from katana.elf.buildid import read_build_id
+from katana.elf.executable import Executable, Reference, open_executable, references_to
+from katana.engine import procfs
+from katana.engine.loader import (
+    R_X86_64_64,
+    R_X86_64_NONE,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    Layout,
+    plan_layout,
+)
+from katana.engine.record import Record, Site, key, read_records
+from katana.errors import ApplyError, MismatchError
+from katana.po import load_po
+from katana.po.model import PatchObject, Symbol, VariablePatch
+
+JMP_REL32 = 0xE9
+JMP_SIZE = 5
+# A function too short for `jmp rel32` (the last one of .text, a 1-byte `ret`) takes a 2-byte
+# `jmp -7` at its entry to a `jmp rel32` written in the unused bytes just before it.
+SHORT_JMP_BACK = b"\xeb\xf9"
+SITE_JSON = 96  # bytes a site (an overwritten place) adds to the record, at most
+
+
+@dataclass
+class Redirect:
+    name: str
+    address: int  # entry of a function that the patch supersedes
+    expected: bytes  # what must be there now, from ``start`` (verified while stopped)
+    size: int = 0  # of the superseded function: its code never runs again once redirected
+    before_entry: bool = False  # the long jump goes just before the entry (see SHORT_JMP_BACK)
+
+    @property
+    def start(self) -> int:
+        return self.address - JMP_SIZE if self.before_entry else self.address
+
+
+@dataclass
+class Plan:
+    """Everything decided before the target is stopped."""
+
+    pid: int
+    po: PatchObject
+    po_sha256: str
+    records: list[Record]
+    exe: Executable
+    bias: int
+    externals: dict[int, int] = field(default_factory=dict)  # PO symbol -> address
+    far: set[int] = field(default_factory=set)  # externals that need an absolute stub
+    layout: Layout | None = None
+    redirects: list[Redirect] = field(default_factory=list)
+    safety: list[tuple[int, int, str]] = field(default_factory=list)
+    transfers: list[tuple[VariablePatch, int, list[Reference]]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
+    """The PO and the process belong together: same build, patch not applied yet."""
+    po = load_po(po_path)
+    sha = hashlib.sha256(Path(po_path).read_bytes()).hexdigest()  # load_po: it is readable
+    procfs.check_process(pid)
+    records = read_records(pid)
+    for record in records:
+        if record.po_sha256 == sha:
+            raise MismatchError(f"process {pid} already has this patch ({record.program} "
+                                f"{record.from_label} -> {record.to_label})",
+                                hint="katana status shows what a process has applied")
+    running = records[-1].to_build_id if records else read_build_id(f"/proc/{pid}/exe")
+    if po.meta.from_build_id != running:
+        what = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
+            procfs.exe_path(pid)
+        raise MismatchError(
+            f"process {pid} runs build-id {running} ({what}), but the patch is for "
+            f"{po.meta.program} {po.meta.from_label}, build-id {po.meta.from_build_id}",
+            hint="make the patch from the release this process runs (katana status shows it)")
+    return po, sha, records
+
+
+def _lookup_existing(plan: Plan, name: str, file: str | None) -> int | None:
+    """Address of a function or variable of the running program, newest version first."""
+    k = key(name, file)
+    for record in reversed(plan.records):
+        if k in record.symbols:
+            return record.symbols[k]
+    sym = plan.exe.lookup(name, file)
+    return None if sym is None else sym.value + plan.bias
+
+
+def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
+    """Resolve symbols of the program; return those left for the shared libraries."""
+    from katana.engine.symbols import ProcessSymbols
+
+    libs = []
+    for i, sym in enumerate(plan.po.symbols):
+        if sym.section is not None:
+            continue
+        address = _lookup_existing(plan, sym.name, sym.file if sym.local else None)
+        if address is not None:
+            plan.externals[i] = address
+        elif sym.local:
+            raise ApplyError(f"the patch refers to {sym.name} of {sym.file}, which the running "
+                             "program does not have", hint="was the PO made for this program?")
+        else:
+            libs.append((i, sym))
+    if libs:
+        symbols = ProcessSymbols(plan.pid)
+        for i, sym in libs:
+            exported = _exported(symbols, sym.name)
+            if exported is None:
+                raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
+                                 "nor in any library it has loaded")
+            if not exported.function and _pc_relative_uses(plan.po, i):
+                raise ApplyError(
+                    f"the patch reads {sym.name}, a library variable the program never used: "
+                    "it lies beyond the 32-bit reach of the patch's code",
+                    hint="use it in the program first, or reach it through a function")
+            plan.far.add(i)
+    return libs
+
+
+def _exported(symbols, name: str):
+    """The first loaded library's definition of ``name``, or None (an IFUNC is resolved only
+    at commit: that needs the process stopped)."""
+    from katana.engine.dynsym import library_symbols
+
+    for lib in symbols.libraries():
+        found = library_symbols(lib.path).find(name)
+        if found is not None:
+            return found
+    return None
+
+
+def _pc_relative_uses(po: PatchObject, index: int) -> bool:
+    return any(r.symbol == index and r.type in (R_X86_64_PC32, R_X86_64_PLT32)
+               for sec in po.sections for r in sec.relocs)
+
+
+def _plan_redirects(plan: Plan) -> None:
+    sites = {s.address: s for r in plan.records for s in r.sites}
+    for f in plan.po.meta.functions:
+        if f.status != "changed":
+            continue
+        name, file = f.old_name or f.name, f.file if f.local else None
+        exe_sym = plan.exe.lookup(name, file)
+        if exe_sym is not None:
+            plan.redirects.append(_exe_redirect(plan, name, exe_sym, sites))
+        for record in plan.records:  # earlier patches' copies jump on to the newest
+            if key(name, file) in record.functions:
+                address, size = record.functions[key(name, file)]
+                current = sites[address].new[:JMP_SIZE] if address in sites else b""
+                plan.redirects.append(Redirect(name, address, current, size))
+
+
+def _exe_redirect(plan: Plan, name: str, sym, sites: dict[int, Site]) -> Redirect:
+    before = plan.exe.room(sym) < JMP_SIZE
+    if before and (plan.exe.room(sym) < len(SHORT_JMP_BACK) or
+                   plan.exe.gap_before(sym) < JMP_SIZE):
+        raise ApplyError(f"{name} is {sym.size} bytes long with no room around it for a jump",
+                         hint="build with the katana SCons tool: its "
+                              "-fpatchable-function-entry=5,5 leaves room before every function")
+    address = sym.value + plan.bias
+    start, length = (address - JMP_SIZE, JMP_SIZE + len(SHORT_JMP_BACK)) if before else \
+        (address, max(sym.size, JMP_SIZE))
+    # Not yet redirected: it must still hold what the executable file has there. (The PO's
+    # old_code is the FROM build's bytes, which for a stacked patch is another executable:
+    # its call displacements differ from the running one's.)
+    if start in sites:
+        expected = sites[start].new + (sites[address].new if before else b"")
+    else:
+        expected = plan.exe.read(start - plan.bias, length)
+    return Redirect(name, address, expected, sym.size, before)
+
+
+def _plan_safety(plan: Plan) -> None:
+    for ref in plan.po.meta.safety:
+        file = ref.file if ref.local else None
+        sym = plan.exe.lookup(ref.name, file)
+        if sym is not None:
+            plan.safety.append((sym.value + plan.bias, sym.value + plan.bias + sym.size,
+                                ref.name))
+        for record in plan.records:
+            hit = record.functions.get(key(ref.name, file))
+            if hit is not None:
+                plan.safety.append((hit[0], hit[0] + hit[1], ref.name))
+
+
+def _plan_transfers(plan: Plan) -> None:
+    """Where each transformed variable lives now, and every reference the program has to it."""
+    for v in plan.po.meta.variables:
+        if v.status != "transformed":
+            continue
+        name, file = v.old_name or v.name, v.file if v.local else None
+        old = _lookup_existing(plan, name, file)
+        if old is None:
+            raise ApplyError(f"variable {name} is not in the running program")
+        in_exe = plan.exe.lookup(name, file)
+        refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
+                references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
+            if in_exe is not None and in_exe.value + plan.bias == old else []
+        for record in plan.records:  # earlier patches' code refers to it too
+            refs += [Reference(*site) for site in record.refs.get(key(name, file), [])]
+        plan.transfers.append((v, old, refs))
+
+
+def prepare(po_path: Path, pid: int) -> Plan:
+    """Verify and plan; nothing is stopped or written yet."""
+    started = time.monotonic()
+    po, sha, records = verify(po_path, pid)
+    exe = open_executable(f"/proc/{pid}/exe")
+    bias = procfs.load_bias(pid) if exe.pie else 0
+    plan = Plan(pid, po, sha, records, exe, bias)
+    _resolve_externals(plan)
+    _plan_redirects(plan)
+    _plan_safety(plan)
+    _plan_transfers(plan)
+    plan.layout = plan_layout(po, _record_reserve(plan), plan.far)
+    plan.timings["prepare"] = time.monotonic() - started
+    return plan
+
+
+def new_address(plan: Plan, base: int, index: int) -> int:
+    sym = plan.po.symbols[index]
+    assert plan.layout is not None and sym.section is not None
+    return base + plan.layout.offsets[sym.section] + sym.value
+
+
+def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
+    m = plan.po.meta
+    assert plan.layout is not None
+    rec = Record(m.program, m.from_label, m.to_label, m.from_build_id, m.to_build_id,
+                 plan.po_sha256, (base, plan.layout.size), time.time())
+    for f in m.functions:
+        rec.functions[key(f.name, f.file if f.local else None)] = [
+            new_address(plan, base, f.symbol), f.new_size]
+    for i, sym in enumerate(plan.po.symbols):
+        if sym.kind in ("func", "object") and sym.section is not None:
+            rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
+                new_address(plan, base, i)
+        elif sym.section is None and i in plan.externals and i not in plan.far:
+            # library symbols are looked up afresh by the next patch (they need a stub)
+            name = sym.new_name or sym.name
+            rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
+    rec.sites = sites
+    rec.refs = _data_references(plan, base)
+    rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
+    rec.revertible = not any(v.status == "transformed" for v in m.variables)
+    return rec
+
+
+def _record_reserve(plan: Plan) -> int:
+    """Room for the record: its size with every address at its longest, plus the sites (jumps
+    and re-aimed references) that only the commit knows the bytes of."""
+    plan.layout = plan_layout(plan.po, 0, plan.far)
+    provisional = build_record(plan, 2**47 - 1, [])
+    sites = 2 * len(plan.redirects) + sum(len(refs) for _v, _o, refs in plan.transfers)
+    return len(provisional.encode()) + sites * SITE_JSON + 1024
+
+
+def _data_references(plan: Plan, base: int) -> dict[str, list[list]]:
+    """Where the patch's code and data refer to variables (by the TO name), so that a later
+    patch that transforms one of them can re-aim these references too."""
+    assert plan.layout is not None
+    refs: dict[str, list[list]] = {}
+    for i, sec in enumerate(plan.po.sections):
+        for r in sec.relocs:
+            sym = plan.po.symbols[r.symbol]
+            if sym.kind != "object" or r.type == R_X86_64_NONE:
+                continue
+            k = key(sym.new_name or sym.name, sym.file if sym.local else None)
+            if r.symbol in plan.layout.got_offset:  # through a GOT slot: the slot holds it
+                site = [base + plan.layout.got_offset[r.symbol], R_X86_64_64, 8, 0, True]
+            else:
+                size = 8 if r.type in (R_X86_64_64, R_X86_64_PC64) else 4
+                site = [base + plan.layout.offsets[i] + r.offset, r.type, size,
+                        max(r.addend, 0), sec.kind == "text"]
+            refs.setdefault(k, []).append(site)
+    return refs
+
+

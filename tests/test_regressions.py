@@ -78,3 +78,48 @@ def test_pointer_ring_inside_a_transformed_array(tmp_path, pie):
     for m in found:
         tick, *visits = map(int, m.groups())
         assert sum(visits) == tick and max(visits) - min(visits) <= 1
+
+
+@PIE
+def test_function_pointers_keep_their_identity(tmp_path, pie):
+    found = _patched("function_pointer_identity", tmp_path, pie,
+                     r"tick (\d+) same (\d) same2 (\d) cb (\d+) V1")
+    for m in found:
+        tick, same, same2, cb = map(int, m.groups())
+        assert (same, same2, cb) == (1, 1, tick + 1000)
+
+
+@PIE
+def test_hidden_function_changed_under_an_unchanged_caller(tmp_path, pie):
+    found = _patched("hidden_visibility", tmp_path, pie, r"tick (\d+) helper (\d+)")
+    assert all(int(m.group(2)) == int(m.group(1)) + 500 for m in found)
+
+
+@PIE
+def test_same_named_static_locals_keep_their_values(tmp_path, pie):
+    found = _patched("same_named_statics", tmp_path, pie, r"tick (\d+) id (\d+) ev (\d+) o 0")
+    for m in found:
+        tick, ident, ev = map(int, m.groups())
+        assert (ident, ev) == (tick, tick + 1000)
+
+
+def test_revert_leaves_no_pointer_into_the_patch(tmp_path):
+    trees = build_scenario("revert_stored_pointer", tmp_path)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(trees["v0"].parent), str(trees["v1"].parent), "prog",
+           check=True)
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick 3\b")
+        katana("apply", str(po), str(live.pid), check=True)
+        m = live.wait_for(r"fire (\d+) -> (\d+)")  # the patched step() stored &f
+        assert int(m.group(2)) == int(m.group(1)) + 1000
+        katana("revert", str(live.pid), check=True)
+        after = live.mark()
+        for _ in range(5):  # handler still works, now calling v0's f
+            m = live.wait_for(r"fire (\d+) -> (\d+)", after=after)
+            after = live.last_index + 1
+        assert int(m.group(2)) == int(m.group(1)) + 1
+        assert live.alive()
+    finally:
+        live.kill()

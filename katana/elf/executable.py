@@ -46,9 +46,14 @@ class Executable:
     def lookup(self, name: str, file: str | None = None) -> ElfSymbol | None:
         """A global by name (``file`` None), or a local by name and STT_FILE name; None if
         absent. Two locals of one name under one file name raise: guessing would patch the
-        wrong function."""
-        return self.symbols.find(name, file) if file is not None else \
-            self.symbols.find_global(name)
+        wrong function.
+
+        A global with no global of that name in the executable may be the only local one: a
+        hidden-visibility symbol is global in its object but the linker makes it local in a
+        PIE (``-fvisibility=hidden`` is common in real projects)."""
+        if file is not None:
+            return self.symbols.find(name, file)
+        return self.symbols.find_global(name) or self.symbols.find(name)
 
     def function_at(self, address: int) -> ElfSymbol | None:
         """The function whose extent covers a link-time address."""

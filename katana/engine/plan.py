@@ -93,8 +93,12 @@ def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     return po, sha, records
 
 
-def _lookup_existing(plan: Plan, name: str, file: str | None) -> int | None:
-    """Address of a function or variable of the running program, newest version first."""
+def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = False) -> int | None:
+    """Address of a function or variable of the running program, newest version first; with
+    ``entry``, the executable's own entry of a function first (what function pointers hold)."""
+    sym = plan.exe.lookup(name, file) if entry else None
+    if sym is not None:
+        return sym.value + plan.bias
     k = key(name, file)
     for record in reversed(plan.records):
         if k in record.symbols:
@@ -111,7 +115,7 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
     for i, sym in enumerate(plan.po.symbols):
         if sym.section is not None:
             continue
-        address = _lookup_existing(plan, sym.name, sym.file if sym.local else None)
+        address = _lookup_existing(plan, sym.name, sym.file if sym.local else None, sym.entry)
         if address is not None:
             plan.externals[i] = address
         elif sym.local:
@@ -253,7 +257,8 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
         if sym.kind in ("func", "object") and sym.section is not None:
             rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
                 new_address(plan, base, i)
-        elif sym.section is None and i in plan.externals and i not in plan.far:
+        elif sym.section is None and i in plan.externals and i not in plan.far \
+                and not sym.entry:
             # library symbols are looked up afresh by the next patch (they need a stub)
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]

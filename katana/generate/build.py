@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from katana.elf.executable import Executable
 from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
 from katana.errors import GenerateError
-from katana.generate.compare import Fingerprinter
+from katana.generate.compare import R_X86_64_PLT32, Fingerprinter
 from katana.generate.diff import Diff, ObjectPair
 from katana.po.model import Reloc, Section, Symbol
 
@@ -95,8 +95,22 @@ class Closure:
             old.name, kind, None, 0, old.size, old.local, file,  # type: ignore[arg-type]
             new_name if new_name != old.name else None))
 
+    def entry(self, old_obj: ObjectFile | None, old: ObjSymbol) -> int:
+        """The program's own entry of a replaced function, for code that takes its address:
+        function pointers the program already holds point there, so comparisons keep working,
+        and no pointer into a patch outlives its revert (the entry jumps on to the new code)."""
+        file = old_obj.file_name if (old.local and old_obj is not None) else None
+        return self._symbol(("entry", old.name, file), lambda: Symbol(
+            old.name, "func", None, 0, old.size, old.local, file, None, True))
+
     def library(self, name: str) -> int:
         return self._symbol(("ext", name, None), lambda: Symbol(name, "notype", None))
+
+    def _takes_address_of_replaced(self, pair: ObjectPair, named: ObjSymbol, rtype: int) -> bool:
+        """A reference that is not a call (R_X86_64_PLT32) to a function the program has."""
+        return (named.type == "STT_FUNC" and rtype != R_X86_64_PLT32 and
+                named.index in pair.partner and
+                self._in_from_executable(pair, pair.partner[named.index]))
 
     # -- relocation targets ---------------------------------------------------------------------
 
@@ -104,13 +118,16 @@ class Closure:
         """The PO symbol and addend a relocation of an included section uses."""
         sym = pair.new.symbols[r.sym]
         if not sym.defined:
-            return self.resolve_undefined(sym.name), r.addend
+            return self.resolve_undefined(sym.name, r.type), r.addend
         target_sec = pair.new.sections[sym.shndx]
         _, off = fp.target(sec, r)  # type: ignore[misc]
         named = pair.new.designated(sym, sym.shndx, off)
         if target_sec.kind == "rodata" or named is None:
             return self.resolve_rodata(pair, sym, named), r.addend
         if self.joins_patch(pair, named):
+            if self._takes_address_of_replaced(pair, named, r.type):
+                return (self.entry(pair.old, pair.partner[named.index]),
+                        r.addend + sym.value - named.value)
             return self.defined(pair, sym), r.addend
         partner = pair.partner.get(named.index)
         if partner is None:  # unchanged and unpaired cannot happen for a paired object
@@ -147,11 +164,13 @@ class Closure:
             return self.external(pair.old, pair.partner[named.index], named.name)
         return self.defined(pair, sym)
 
-    def resolve_undefined(self, name: str) -> int:
+    def resolve_undefined(self, name: str, rtype: int) -> int:
         hit = self.globals.get(name)
         if hit is None:  # defined in an object that did not change, or in a library
             return self.library(name)
         pair, sym = hit
+        if sym.index in pair.changed and self._takes_address_of_replaced(pair, sym, rtype):
+            return self.entry(pair.old, pair.partner[sym.index])
         if sym.index in pair.changed or sym.index in pair.added or \
                 (pair.relpath, sym.index) in self.added_vars or sym.index in pair.changed_rodata:
             return self.defined(pair, sym)

@@ -68,19 +68,50 @@ def _referrers(obj: ObjectFile, fp: Fingerprinter,
     return result
 
 
+def _match_statics(news: list[ObjSymbol], olds: list[ObjSymbol], users_new: dict[int, set[str]],
+                   users_old: dict[int, set[str]], init_new, init_old) -> dict[int, ObjSymbol]:
+    """Pair several ``static int counter`` of one object (GCC numbers them ``counter.0``,
+    ``counter.1`` in an order that a new function can upset). Evidence, strongest first: the
+    functions that use them (overlap, not equality: a new caller may appear), the same initial
+    value, the same size, then the order of GCC's numbers. A variable with no evidence for any
+    old one is new: it gets fresh storage rather than another's live value."""
+    if len(news) == 1 and len(olds) == 1:
+        return {news[0].index: olds[0]}
+    scored = []
+    for i, var in enumerate(news):
+        for j, old in enumerate(olds):
+            a, b = users_new.get(var.index, set()), users_old.get(old.index, set())
+            overlap = len(a & b) / len(a | b) if a | b else 0.0
+            same_init = init_new(var) == init_old(old)
+            score = 10 * overlap + 5 * same_init + (var.size == old.size) - 0.01 * abs(i - j)
+            if overlap or same_init:
+                scored.append((score, var.index, old))
+    result: dict[int, ObjSymbol] = {}
+    taken: set[int] = set()
+    for _score, index, old in sorted(scored, key=lambda t: -t[0]):
+        if index not in result and old.index not in taken:
+            result[index] = old
+            taken.add(old.index)
+    return result
+
+
 def _pair_variables(pair: ObjectPair, fp_old: Fingerprinter, fp_new: Fingerprinter) -> None:
     old, new = pair.old, pair.new
     assert old is not None
     old_vars = _by_key(old.variables(), _variable_key)
+    new_vars = _by_key(new.variables(), _variable_key)
     old_refs, new_refs = _referrers(old, fp_old), _referrers(new, fp_new)
+    partners: dict[int, ObjSymbol] = {}
+    for name, news in new_vars.items():
+        olds = sorted(old_vars.get(name, []), key=lambda s: s.name)
+        partners.update(_match_statics(
+            sorted(news, key=lambda s: s.name), olds, new_refs, old_refs,
+            lambda s: fp_new.data_fingerprint(s.shndx, s.value, s.size),
+            lambda s: fp_old.data_fingerprint(s.shndx, s.value, s.size)))
     for var in new.variables():
-        candidates = old_vars.get(_variable_key(var), [])
-        if len(candidates) > 1:  # several `static int counter` in one object: ask who uses them
-            users = new_refs.get(var.index, set())
-            candidates = [c for c in candidates if old_refs.get(c.index, set()) == users]
-        if len(candidates) != 1:
+        partner = partners.get(var.index)
+        if partner is None:
             continue
-        partner = candidates[0]
         pair.partner[var.index] = partner
         old_fp = fp_old.data_fingerprint(partner.shndx, partner.value, partner.size)
         new_fp = fp_new.data_fingerprint(var.shndx, var.value, var.size)

@@ -71,6 +71,7 @@ class SymbolExtra:
     local: bool
     file: str | None
     new_name: str | None
+    entry: bool = False
 
 
 class MetaDecoder:

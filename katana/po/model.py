@@ -52,6 +52,10 @@ class Symbol:
     # it) of the object that owns a local symbol: how an executable's locals are told apart
     file: str | None = None
     new_name: str | None = None  # the name in the TO version, where it differs (static locals)
+    # an external function whose *address* is taken (not called): it must resolve to the entry
+    # in the executable, which function pointers the program holds already point at, so that
+    # pointer comparisons keep working and no pointer into a patch outlives a revert
+    entry: bool = False
 
 
 @dataclass

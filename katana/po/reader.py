@@ -311,7 +311,7 @@ def _model_symbol(elf: _Elf, raw: _RawSymbol, extra: SymbolExtra, section_of: di
     elf.check(raw.bind == (STB_LOCAL if local_bind else STB_GLOBAL),
               f"symbol {extra.elf} ({raw.name}) has a binding its metadata contradicts")
     return Symbol(raw.name, raw.kind, section_of.get(raw.shndx), raw.value,  # type: ignore[arg-type]
-                  raw.size, extra.local, extra.file, extra.new_name)
+                  raw.size, extra.local, extra.file, extra.new_name, extra.entry)
 
 
 def load_po(path: str | Path) -> PatchObject:

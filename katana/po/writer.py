@@ -169,7 +169,7 @@ def _meta_json(po: PatchObject, order: list[int]) -> tuple[bytes, bytes]:
     elf_index = {model: elf for elf, model in enumerate(order, 1)}
     obj = encode(po.meta)
     obj["symbols"] = [{"elf": elf_index[i], "local": s.local, "file": s.file,  # type: ignore[index]
-                       "new_name": s.new_name} for i, s in enumerate(po.symbols)]
+                       "new_name": s.new_name, "entry": s.entry} for i, s in enumerate(po.symbols)]
     try:
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return text.encode("utf-8"), bytes(oldcode)

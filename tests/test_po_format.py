@@ -3,6 +3,7 @@ that must answer every damaged file with FormatError."""
 
 import copy
 import hashlib
+import io
 import json
 import random
 import re
@@ -589,7 +590,25 @@ def test_long_chains_of_types_do_not_exhaust_the_stack(rich_bytes):
                      for i in range(n)}
     meta["types"][f"t{n - 1}"]["ops"] = []
     meta["variables"][1]["type"] = "t0"
-    assert len(read_po(_with_meta(rich_bytes, json.dumps(meta).encode())).meta.types) == n
+    # every check ran to the end without a RecursionError: only the digest (of the original
+    # content) is left to disagree with the edited metadata
+    with pytest.raises(FormatError, match="digest"):
+        read_po(_with_meta(rich_bytes, json.dumps(meta).encode()))
     meta["types"][f"t{n - 1}"]["ops"] = [dict(meta["types"]["t0"]["ops"][0], type="t0")]
     with pytest.raises(FormatError, match="contains itself by value"):
         read_po(_with_meta(rich_bytes, json.dumps(meta).encode()))
+
+
+def test_every_flipped_code_or_data_byte_is_caught(rich_bytes):
+    """Damage inside code or data bytes leaves a well-formed ELF: the digest must catch it, or
+    a damaged patch would load and crash its target."""
+    elf = ELFFile(io.BytesIO(rich_bytes))
+    spans = [(s["sh_offset"], s["sh_size"]) for s in elf.iter_sections()
+             if s["sh_type"] == "SHT_PROGBITS" and s.name.startswith((".text", ".rodata", ".data"))]
+    assert spans
+    for offset, size in spans:
+        for i in range(offset, offset + size):
+            damaged = bytearray(rich_bytes)
+            damaged[i] ^= 0x01
+            with pytest.raises(FormatError):
+                read_po(bytes(damaged))

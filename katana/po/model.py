@@ -143,6 +143,7 @@ class Meta:
     safety: list[FunctionRef] = field(default_factory=list)  # must be on no stack when applied
     warnings: list[str] = field(default_factory=list)
     pie: bool = True
+    digest: str = ""  # katana.po.digest.content_digest of the PO: set by the writer
 
 
 @dataclass

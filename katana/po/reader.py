@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from katana.errors import FormatError
+from katana.po.digest import content_digest
 from katana.po.elfdefs import (
     EHDR,
     ELFCLASS64,
@@ -299,6 +300,8 @@ def read_po(data: bytes, name: str = "<bytes>") -> PatchObject:
             [Reloc(off, t, model_of[s], a) for off, t, s, a in relocs.get(sh.index, [])]))
     po = PatchObject(meta, sections, symbols)
     check_meta(po, elf.error)
+    if po.meta.digest != content_digest(po):
+        raise elf.error("its content does not match its digest: code or data bytes are damaged")
     return po
 
 

@@ -17,6 +17,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from katana.errors import FormatError, GenerateError
+from katana.po.digest import content_digest
 from katana.po.elfdefs import (
     EHDR,
     ELFCLASS64,
@@ -210,7 +211,9 @@ def _build(po: PatchObject) -> bytes:
 
 def po_bytes(po: PatchObject) -> bytes:
     """The bytes of the PO file for ``po``; GenerateError if the model cannot be written
-    faithfully (the written file is read back and must give the same model)."""
+    faithfully (the written file is read back and must give the same model). Sets the model's
+    ``meta.digest``."""
+    po.meta.digest = content_digest(po)
     data = _build(po)
     try:
         again = read_po(data, "<generated PO>")
@@ -238,8 +241,13 @@ def _first_difference(a: object, b: object, path: str) -> str:
 
 def write_po(po: PatchObject, path: str | Path) -> None:
     """Write ``po`` to ``path`` atomically: a temporary file in the same directory, renamed."""
-    data = po_bytes(po)
     path = Path(path)
+    if not path.name or (path.exists() and not path.is_file()):
+        # writing means renaming a new file over the path: over /dev/null, as root, that would
+        # replace the device itself
+        raise GenerateError(f"{path} is not a regular file: a Patch Object cannot be written "
+                            "there", hint="give a file path (ending in .po) for the output")
+    data = po_bytes(po)
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -134,7 +134,7 @@ _COMMANDS = {"config": _cmd_config, "generate": _cmd_generate, "list": _cmd_list
 
 def main(argv: list[str] | None = None) -> int:
     argv = _translate_original(sys.argv[1:] if argv is None else argv)
-    verbose = any(a in ("-v", "-vv", "--verbose") for a in argv)
+    verbose = any(a == "--verbose" or (len(a) > 1 and a.strip("v") == "-") for a in argv)
     try:
         args = _parser().parse_args(argv)
         if args.command is None:

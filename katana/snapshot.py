@@ -67,6 +67,8 @@ class Snapshot:
                              hint=f"make it with: scons release VERSION={root.name}") from None
         except OSError as e:
             raise BuildError(f"cannot read {root / MANIFEST}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{root / MANIFEST} is not text ({e.reason})") from e
         try:
             manifest = json.loads(text)
         except ValueError as e:

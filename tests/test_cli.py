@@ -64,11 +64,41 @@ def test_original_forms_generate_and_list(tmp_path: Path):
 
 
 def test_no_functional_change_has_its_own_exit_code(tmp_path: Path):
-    trees = build_scenario("body_change", tmp_path, versions=("v0",))
+    trees = build_scenario("line_only", tmp_path)
     result = katana("generate", "-o", str(tmp_path / "x.po"), str(trees["v0"].parent),
-                    str(trees["v0"].parent), "prog")
+                    str(trees["v1"].parent), "prog")
     assert result.returncode == 6 and "no functional change" in result.stderr
     assert not (tmp_path / "x.po").exists()
+
+
+def test_generation_mistakes_are_named(tmp_path: Path):
+    trees = build_scenario("body_change", tmp_path)
+    v0, v1 = str(trees["v0"].parent), str(trees["v1"].parent)
+    cases = [
+        (["generate", v0, v0, "prog"], 5, "same build"),
+        (["generate", v0, v1, str(trees["v0"])], 2, "inside the trees"),
+        (["generate", v0, v1, "main.o"], 5, "not a linked executable"),
+        (["generate", str(trees["v0"]), v1, "prog"], 5, "is a file, not a directory"),
+        (["generate", "-o", "/dev/null", v0, v1, "prog"], 5, "not a regular file"),
+        (["list", str(trees["v0"].parent / "main.o")], 7, ""),
+    ]
+    for args, code, words in cases:
+        result = katana(*args)
+        assert result.returncode == code, (args, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert Path("/dev/null").is_char_device()
+
+
+def test_objects_built_without_the_flags_are_refused(tmp_path: Path):
+    trees = build_scenario("body_change", tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    src = trees["v1"].parent / "main.c"
+    subprocess.run(["gcc", "-O2", "-c", str(src), "-o", str(plain / "main.o")], check=True)
+    subprocess.run(["gcc", str(plain / "main.o"), "-o", str(plain / "prog")], check=True)
+    result = katana("generate", "-o", str(tmp_path / "x.po"), str(trees["v0"].parent),
+                    str(plain), "prog")
+    assert result.returncode == 4 and "without -g" in result.stderr, result.stderr
 
 
 def test_a_new_constructor_is_refused_at_generation(tmp_path: Path):

@@ -38,6 +38,11 @@ class Executable:
                 self.segments = [
                     Segment(p["p_vaddr"], p["p_memsz"], p["p_offset"], p["p_filesz"], p["p_flags"])
                     for p in elf.iter_segments() if p["p_type"] == "PT_LOAD"]
+                # --emit-relocs leaves .rela sections for code (.rela.text); without it only the
+                # dynamic ones (.rela.dyn, .rela.plt) exist
+                self.has_emitted_relocs = any(
+                    s["sh_type"] == "SHT_RELA" and s.name.startswith(".rela.text")
+                    for s in elf.iter_sections())
         except (ELFError, OSError, ValueError) as e:
             raise FormatError(f"{self.path}: not a readable ELF executable ({e})") from e
         self.symbols: ExecutableSymbols = executable_symbols(str(self.path))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from katana.errors import FormatError
+from katana.errors import BuildError, FormatError
 
 STT_NOTYPE = 0
 STT_OBJECT = 1
@@ -146,9 +146,10 @@ def _read_symtab(path: str) -> list[ElfSymbol]:
             elf = ELFFile(f)
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
-                raise FormatError(
-                    f"{path} has no .symtab (stripped)",
-                    hint="katana needs the unstripped executable of the build",
+                raise BuildError(
+                    f"{path} has no .symtab: it was stripped",
+                    hint="patching needs the build's own executable, symbols kept (the katana "
+                         "SCons tool refuses -s and --strip-all)",
                 )
             data = symtab.data()
             strtab = elf.get_section(symtab["sh_link"]).data()

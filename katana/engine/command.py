@@ -8,7 +8,7 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.engine.apply import apply_patch
-from katana.errors import KatanaError, MismatchError, UsageError
+from katana.errors import KatanaError, MismatchError, TargetError, UsageError
 from katana.po import load_po
 
 
@@ -38,7 +38,7 @@ def _targets(patch: Path, pids: list[str]) -> list[int]:
         po = load_po(patch)
         return _all_pids(po.meta.program, po.meta.from_build_id)
     try:
-        return [int(p) for p in pids]
+        return list(dict.fromkeys(int(p) for p in pids))  # each once, in the order given
     except ValueError:
         raise UsageError(f"not a process id: {' '.join(pids)}",
                          hint="give numbers, or 'all'") from None
@@ -49,9 +49,9 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
     """Apply ``patch`` to each target; print one line per process and a summary for several."""
     targets = _targets(patch, pids)
     if not targets:
-        _say(verbosity, 0, "katana: no running process runs the patch's program")
-        return 0
-    if len(targets) == 1:  # a single target: its error is the command's error
+        raise TargetError("no running process runs the patch's program",
+                          hint="check with ps, or give the process ids")
+    if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
         _report(apply_patch(patch, targets[0], config, leave_stopped,
                             _teller(targets[0], verbosity)), verbosity)
         return 0

@@ -91,6 +91,19 @@ def check_process(pid: int) -> None:
     tgid = int(status.get("Tgid", pid))
     if tgid != pid:
         raise TargetError(f"{pid} is a thread of process {tgid}", hint=f"use pid {tgid}")
+    if _is_kernel_thread(pid):
+        raise TargetError(f"process {pid} ({status.get('Name', '?')}) is a kernel thread: it has "
+                          "no program to patch")
+
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: the task is a kernel thread
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    # field 9 of /proc/PID/stat is the task's flags; the name (field 2) may hold spaces and
+    # parentheses, so split after its closing one
+    stat = _read_text(pid, "stat")
+    return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
 
 
 def parse_status(pid: int) -> dict[str, str]:

@@ -10,6 +10,7 @@ anonymous mappings, the first bytes of each say whether it is ours.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,10 @@ def _anonymous_mappings(pid: int) -> list[tuple[int, int]]:
     except FileNotFoundError:
         raise TargetError(f"no process {pid}") from None
     except PermissionError:
-        raise TargetError(f"cannot read /proc/{pid}/maps: permission denied",
-                          hint="run as root or as the process's owner") from None
+        hint = ("even root may not read this process: another PID namespace, a sandbox or a "
+                "security module forbids it") if os.geteuid() == 0 else \
+            "run as root or as the process's owner"
+        raise TargetError(f"cannot read /proc/{pid}/maps: permission denied", hint=hint) from None
     result = []
     for line in lines:
         parts = line.split()
@@ -103,6 +106,9 @@ def _anonymous_mappings(pid: int) -> list[tuple[int, int]]:
 
 def read_records(pid: int) -> list[Record]:
     """Every patch applied to a process, oldest first."""
+    from katana.engine.procfs import check_process
+
+    check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
     records = []
     maps = _anonymous_mappings(pid)  # first: names a missing process as such
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from katana.errors import GenerateError
 from katana.generate.plan import build_patch
 from katana.generate.tree import load_tree
 from katana.po.model import PatchObject
@@ -42,7 +43,11 @@ def generate_patch(old_dir: str | Path, new_dir: str | Path, program: str,
     """Diff the trees of ``program`` in ``old_dir`` and ``new_dir``; write the PO to ``output``."""
     from katana.po import write_po
 
-    po = build_patch(load_tree(old_dir, program), load_tree(new_dir, program), program)
+    try:
+        po = build_patch(load_tree(old_dir, program), load_tree(new_dir, program), program)
+    except OSError as e:  # an unreadable object or executable in one of the trees
+        raise GenerateError(f"cannot read {e.filename or 'a file of the trees'}: "
+                            f"{e.strerror or e}") from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_po(po, output)

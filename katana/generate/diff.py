@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katana.elf.objfile import ObjectFile, ObjSymbol, normalize_name, static_local_base
+from katana.errors import BuildError
 from katana.generate.compare import Fingerprinter
 from katana.generate.tree import Tree
 
@@ -258,6 +259,21 @@ def _include_children(pair: ObjectPair) -> None:
                     pair.changed.add(parent.index)
 
 
+def _checked(obj: ObjectFile) -> ObjectFile:
+    """Refuse an object built without what the diff relies on: comparing it would give a patch
+    that silently carries too much or too little."""
+    names = {s.name for s in obj.sections}
+    if ".debug_info" not in names:
+        raise BuildError(f"{obj.path} was built without -g: the types of its variables are "
+                         "unknown", hint="build with the katana SCons tool's flags")
+    text = next((s for s in obj.sections if s.name == ".text"), None)
+    if text is not None and len(obj.symbols_in(text.index)) > 1:
+        raise BuildError(f"{obj.path} was built without -ffunction-sections: its functions "
+                         "share one section and cannot be cut out one by one",
+                         hint="build with the katana SCons tool's flags")
+    return obj
+
+
 def diff_trees(old: Tree, new: Tree) -> Diff:
     """Pair the objects of two trees and find what changed in each."""
     pairs: list[ObjectPair] = []
@@ -267,8 +283,8 @@ def diff_trees(old: Tree, new: Tree) -> Diff:
         if old_path is not None and old_path.read_bytes() == new_path.read_bytes():
             identical[rel] = (old_path, new_path)  # equal bytes: skip parsing (mostly)
             continue
-        old_obj = ObjectFile(old_path, rel) if old_path is not None else None
-        pair = ObjectPair(rel, old_obj, ObjectFile(new_path, rel))
+        old_obj = _checked(ObjectFile(old_path, rel)) if old_path is not None else None
+        pair = ObjectPair(rel, old_obj, _checked(ObjectFile(new_path, rel)))
         _compare(pair)
         pairs.append(pair)
     readers = _const_readers(pairs, identical)

@@ -6,7 +6,7 @@ from katana import __version__
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, open_executable
 from katana.elf.objfile import ObjSymbol, normalize_name
-from katana.errors import GenerateError, NoChangeError
+from katana.errors import BuildError, GenerateError, NoChangeError
 from katana.generate.build import Closure
 from katana.generate.compare import Fingerprinter
 from katana.generate.diff import CHILD_SUFFIXES, Diff, ObjectPair, diff_trees
@@ -96,6 +96,10 @@ def _start_only_changes(diff: Diff) -> list[str]:
 
 def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     """Diff two trees of ``program`` and build the Patch Object that turns old into new."""
+    if not set(old.objects) & set(new.objects):
+        raise GenerateError(f"{old.root} and {new.root} have no object in common: they look like "
+                            "builds of different programs",
+                            hint="objects pair by their path below each tree")
     diff = diff_trees(old, new)
     unreachable = _start_only_changes(diff)
     if unreachable:
@@ -107,8 +111,11 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     exe = open_executable(old.executable)
     from_id, to_id = read_build_id(old.executable), read_build_id(new.executable)
     if not from_id or not to_id:
-        raise GenerateError("the executables have no GNU build-id",
-                            hint="link with -Wl,--build-id (the katana SCons tool does)")
+        raise BuildError("the executables have no GNU build-id",
+                         hint="link with -Wl,--build-id (the katana SCons tool does)")
+    if from_id == to_id:
+        raise GenerateError(f"{old.executable} and {new.executable} are the same build "
+                            f"(build-id {from_id})", hint="give the trees of two versions")
     meta = Meta(program, old.label, new.label, from_id, to_id, f"katana {__version__}",
                 pie=exe.pie)
     closure = Closure(diff, exe)
@@ -118,6 +125,10 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     meta.variables = variables + added_variables(closure, variables)
     closure.run()
     meta.safety = list({(f.name, f.file): f for f in meta.safety}.values())
+    if any(v.status == "transformed" for v in meta.variables) and not exe.has_emitted_relocs:
+        raise BuildError(f"{old.executable} was linked without --emit-relocs: the references to "
+                         "the variables whose layout changes cannot be found",
+                         hint="link with -Wl,--emit-relocs (the katana SCons tool does)")
     _warnings(diff, meta)
     # A patch that only keeps live values (a changed initial value) is still written: applying
     # it changes no code, but records that the process now runs TO, so that the next release's

@@ -203,6 +203,8 @@ def _check_layout(elf: _Elf) -> list[_Shdr]:
 
 def _only_section(elf: _Elf, name: str) -> _Shdr:
     found = elf.find(SHT_PROGBITS, name)
+    elf.check(found or name != META_SECTION,
+              f"no {name} section: an ordinary ELF file (an object?), not a Patch Object")
     elf.check(len(found) == 1, f"expected one {name} section, found {len(found)}")
     elf.check(found[0].flags == 0, f"{name} must have no flags")
     return found[0]

@@ -123,3 +123,12 @@ def test_revert_leaves_no_pointer_into_the_patch(tmp_path):
         assert live.alive()
     finally:
         live.kill()
+
+
+@PIE
+def test_existing_thread_local_variables_read_by_new_code(tmp_path, pie):
+    found = _patched("thread_local", tmp_path, pie,
+                     r"who (\d) tick (\d+) tl (\d+) tl2 (\d+) v1", lines=10)
+    for m in found:
+        _who, tick, tl, tl2 = map(int, m.groups())
+        assert (tl, tl2) == (tick, 100 + tick)  # each thread its own, carried on

@@ -27,6 +27,26 @@ from elftools.elf.sections import SymbolTableSection
 from katana.dwarf.types import CType, TypeBuilder, die_name
 from katana.errors import BuildError, FormatError, GenerateError
 
+R_X86_64_DTPOFF64 = 17
+R_X86_64_DTPOFF32 = 21
+
+
+def _teach_pyelftools_tls_relocations() -> None:
+    """The DWARF of a thread-local variable locates it by its offset in the TLS block, with an
+    R_X86_64_DTPOFF32/64 relocation pyelftools 0.33 does not know (it refuses the whole
+    .debug_info). For reading types, the value is plain symbol + addend."""
+    from elftools.elf import relocation
+
+    handler = relocation.RelocationHandler
+    recipes = dict(handler._RELOCATION_RECIPES_X64)
+    for rtype, size in ((R_X86_64_DTPOFF32, 4), (R_X86_64_DTPOFF64, 8)):
+        recipes.setdefault(rtype, handler._RELOCATION_RECIPE_TYPE(
+            bytesize=size, has_addend=True, calc_func=relocation._reloc_calc_sym_plus_addend))
+    handler._RELOCATION_RECIPES_X64 = recipes
+
+
+_teach_pyelftools_tls_relocations()
+
 _DW_OP_addr = 0x03
 _DW_OP_const8u = 0x0E  # TLS variables: DW_OP_const8u <dtpoff> DW_OP_form_tls_address
 _LOCAL_SUFFIX = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)$")  # GCC's static local symbols: counter.0

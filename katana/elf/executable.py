@@ -40,6 +40,11 @@ class Executable:
                     for p in elf.iter_segments() if p["p_type"] == "PT_LOAD"]
                 # --emit-relocs leaves .rela sections for code (.rela.text); without it only the
                 # dynamic ones (.rela.dyn, .rela.plt) exist
+                # x86-64 TLS variant II: the executable's block ends at the thread pointer, at
+                # its size rounded up to its alignment (what the linker's TPOFF32 uses)
+                self.tls_size = next((-(-p["p_memsz"] // max(p["p_align"], 1)) *
+                                      max(p["p_align"], 1) for p in elf.iter_segments()
+                                      if p["p_type"] == "PT_TLS"), 0)
                 self.has_emitted_relocs = any(
                     s["sh_type"] == "SHT_RELA" and s.name.startswith(".rela.text")
                     for s in elf.iter_sections())
@@ -59,6 +64,11 @@ class Executable:
         if file is not None:
             return self.symbols.find(name, file)
         return self.symbols.find_global(name) or self.symbols.find(name)
+
+    def tp_offset(self, sym: ElfSymbol) -> int:
+        """Offset from the thread pointer of a thread-local variable of the executable (the
+        same in every thread: what R_X86_64_TPOFF32 fields hold)."""
+        return sym.value - self.tls_size
 
     def function_at(self, address: int) -> ElfSymbol | None:
         """The function whose extent covers a link-time address."""

@@ -131,7 +131,8 @@ class ObjectFile:
             raise FormatError(f"{path}: not a readable ELF object ({e})") from e
         self._by_section: dict[int, list[ObjSymbol]] = {}
         for sym in self.symbols:
-            if sym.defined and sym.type in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") and sym.name:
+            if sym.defined and sym.type in ("STT_FUNC", "STT_OBJECT", "STT_TLS", "STT_NOTYPE") \
+                    and sym.name:
                 self._by_section.setdefault(sym.shndx, []).append(sym)
 
     def _read(self, elf: ELFFile) -> None:
@@ -181,7 +182,7 @@ class ObjectFile:
         ``shndx``: a named symbol means itself whatever the addend (``arr + 16`` points one past
         the end of arr, where no symbol lies); a section symbol means the symbol covering the
         target, or else the one ending there."""
-        if sym.type in ("STT_OBJECT", "STT_FUNC") and sym.name:
+        if sym.type in ("STT_OBJECT", "STT_FUNC", "STT_TLS") and sym.name:
             return sym
         found = self.symbol_at(shndx, offset)
         if found is None:
@@ -193,4 +194,5 @@ class ObjectFile:
         return [s for s in self.symbols if s.type == "STT_FUNC" and s.defined]
 
     def variables(self) -> list[ObjSymbol]:
-        return [s for s in self.symbols if s.type == "STT_OBJECT" and s.defined]
+        """Data objects, thread-local ones (STT_TLS) included."""
+        return [s for s in self.symbols if s.type in ("STT_OBJECT", "STT_TLS") and s.defined]

@@ -36,8 +36,9 @@ SHN_UNDEF = 0
 SHN_ABS = 0xFFF1
 
 _ELF64_SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
-# Kinds a patch can refer to. STT_TLS values are offsets in the TLS block, not addresses.
-_ADDRESSABLE = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC}
+# Kinds a patch can refer to. STT_TLS values are offsets in the TLS block, not addresses: who
+# looks one up checks the type.
+_ADDRESSABLE = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC, STT_TLS}
 
 
 @dataclass(frozen=True)

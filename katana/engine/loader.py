@@ -33,9 +33,13 @@ R_X86_64_PC64 = 24
 R_X86_64_GOTPCRELX = 41
 R_X86_64_REX_GOTPCRELX = 42
 
-_GOT_TYPES = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX}
+R_X86_64_GOTTPOFF = 22  # initial exec: a GOT slot holds the thread-pointer offset
+R_X86_64_TPOFF32 = 23  # local exec: the field holds the thread-pointer offset
+
+_GOT_TYPES = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTTPOFF}
+TLS_TYPES = {R_X86_64_GOTTPOFF, R_X86_64_TPOFF32}
 SUPPORTED = {R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_32,
-             R_X86_64_32S, R_X86_64_PC64} | _GOT_TYPES
+             R_X86_64_32S, R_X86_64_PC64, R_X86_64_TPOFF32} | _GOT_TYPES
 STUB_SIZE = 16  # jmp *0(%rip); .quad target; 2 bytes of padding
 
 
@@ -149,6 +153,8 @@ def _apply(image: bytearray, layout: Layout, base: int, where: int, rtype: int, 
     elif rtype == R_X86_64_32:
         _put32(image, where, s + addend, False, secname)
     elif rtype == R_X86_64_32S:
+        _put32(image, where, s + addend, True, secname)
+    elif rtype == R_X86_64_TPOFF32:  # s is the variable's thread-pointer offset
         _put32(image, where, s + addend, True, secname)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, Reference, open_executable, references_to
+from katana.elf.symtab import STT_TLS
 from katana.engine import procfs
 from katana.engine.loader import (
     R_X86_64_64,
@@ -104,7 +105,10 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
         if k in record.symbols:
             return record.symbols[k]
     sym = plan.exe.lookup(name, file)
-    return None if sym is None else sym.value + plan.bias
+    if sym is None:
+        return None
+    # a thread-local variable has no one address: the code reaches it from the thread pointer
+    return plan.exe.tp_offset(sym) if sym.type == STT_TLS else sym.value + plan.bias
 
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:

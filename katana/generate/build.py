@@ -39,7 +39,8 @@ class Closure:
         self.globals: dict[str, tuple[ObjectPair, ObjSymbol]] = {}
         for pair in self.diff.pairs:
             for sym in pair.new.symbols:
-                if sym.defined and not sym.local and sym.type in ("STT_FUNC", "STT_OBJECT"):
+                if sym.defined and not sym.local and sym.type in ("STT_FUNC", "STT_OBJECT",
+                                                                  "STT_TLS"):
                     self.globals[sym.name] = (pair, sym)
         self.fingerprinters = {p.relpath: Fingerprinter(p.new) for p in self.diff.pairs}
 
@@ -89,7 +90,8 @@ class Closure:
     def external(self, old_obj: ObjectFile | None, old: ObjSymbol, new_name: str) -> int:
         """A PO symbol for something that stays in the running program."""
         file = old_obj.file_name if (old.local and old_obj is not None) else None
-        kind = "func" if old.type == "STT_FUNC" else "object" if old.type == "STT_OBJECT" \
+        kind = "func" if old.type == "STT_FUNC" else "object" \
+            if old.type in ("STT_OBJECT", "STT_TLS") \
             else "notype"
         return self._symbol(("ext", old.name, file), lambda: Symbol(
             old.name, kind, None, 0, old.size, old.local, file,  # type: ignore[arg-type]
@@ -141,7 +143,7 @@ class Closure:
             return True
         if named.index in pair.changed or named.index in pair.added:
             return True
-        if named.type == "STT_OBJECT" and named.index not in pair.partner:
+        if named.type in ("STT_OBJECT", "STT_TLS") and named.index not in pair.partner:
             self.added_vars.add(key)  # a new variable: fresh storage, initial value
             return True
         if named.index not in pair.partner:

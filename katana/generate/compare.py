@@ -103,7 +103,7 @@ class Fingerprinter:
             if named is None:
                 return ("anon", sec.name, off)
             name = normalize_name(named.name)
-            if named.local and named.type == "STT_OBJECT":
+            if named.local and named.type in ("STT_OBJECT", "STT_TLS"):
                 name = static_local_base(name)
             return ("sym", name, off - named.value)
         return ("ro", self.rodata_identity(sec, off, depth))

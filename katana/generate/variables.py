@@ -59,6 +59,11 @@ def plan_variables(closure: Closure, meta: Meta) -> list[VariablePatch]:
             if old is None or pair.new.sections[var.shndx].kind == "rodata":
                 continue
             root = _transform(pair, var, old, planner)
+            if root is not None and pair.new.sections[var.shndx].is_tls:
+                raise GenerateError(
+                    f"{pair.relpath}: thread-local variable {var.name} changed layout; every "
+                    "thread has its own copy, which a patch cannot move",
+                    hint="keep its type as it was, or restart the program for this change")
             file = pair.new.file_name if var.local else None
             old_name = old.name if old.name != var.name else None
             if root is not None:

@@ -128,6 +128,7 @@ def _cmd_revert(args: argparse.Namespace, config) -> int:
     return revert_command(args.pid, config, verbosity=0 if args.quiet else 1 + args.verbose)
 
 
+_CONFIGURED = {"config", "apply", "revert"}
 _COMMANDS = {"config": _cmd_config, "generate": _cmd_generate, "list": _cmd_list,
              "apply": _cmd_apply, "status": _cmd_status, "revert": _cmd_revert}
 
@@ -140,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             _parser().print_help()
             return 2
-        from katana.config import load_config
+        from katana.config import Config, load_config
 
-        config = load_config(args.config)
-        for warning in config.warnings:
-            print(f"katana: warning: {warning}", file=sys.stderr)
+        # Only the commands that touch a process read the configuration: a broken ./.katana
+        # must not stop anyone from looking at a PO or making one (-c is read whenever given).
+        config = Config()
+        if args.command in _CONFIGURED or args.config is not None:
+            config = load_config(args.config)
+            for warning in config.warnings:
+                print(f"katana: warning: {warning}", file=sys.stderr)
         return _COMMANDS[args.command](args, config)
     except KatanaError as e:
         print(f"katana: error: {e.message}", file=sys.stderr)

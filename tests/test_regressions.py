@@ -7,9 +7,12 @@ behind in old storage shows up on the lines printed after the patch.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
-from livekit import Live, build_scenario, katana
+from livekit import CFLAGS, LDFLAGS, Live, build_scenario, katana
 
 pytestmark = pytest.mark.live
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
@@ -132,3 +135,41 @@ def test_existing_thread_local_variables_read_by_new_code(tmp_path, pie):
     for m in found:
         _who, tick, tl, tl2 = map(int, m.groups())
         assert (tl, tl2) == (tick, 100 + tick)  # each thread its own, carried on
+
+
+def _build_nested(src, out, pie: bool) -> None:
+    """Like livekit.build_version, keeping subdirectories: objects a/util.o and b/util.o."""
+    objects = []
+    for c in sorted(src.rglob("*.c")):
+        rel = c.relative_to(src)
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(c, out / rel)
+        obj = str(rel.with_suffix(".o"))
+        subprocess.run(["gcc", *CFLAGS, "-fPIE" if pie else "-fno-pie",
+                        f"-ffile-prefix-map={out}=.", "-c", str(rel), "-o", obj], cwd=out,
+                       check=True)
+        objects.append(obj)
+    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, "-o", "prog"],
+                   cwd=out, check=True)
+
+
+@PIE
+def test_two_objects_with_one_source_basename(tmp_path, pie):
+    src = Path(__file__).parent / "nested" / "same_basename"
+    for v in ("v0", "v1"):
+        _build_nested(src / v, tmp_path / v, pie)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "prog",
+           check=True)
+    live = Live([str(tmp_path / "v0" / "prog")])
+    try:
+        live.wait_for(r"tick 3\b")
+        katana("apply", str(po), str(live.pid), check=True)
+        after = live.mark()
+        for _ in range(5):  # a keeps counting from 0, b from 1000: each its own count
+            m = live.wait_for(r"tick (\d+) a (\d+) b (\d+)", after=after)
+            after = live.last_index + 1
+            tick, a, b = map(int, m.groups())
+            assert (a, b) == (tick, 1000 + tick)
+    finally:
+        live.kill()

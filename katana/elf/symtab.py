@@ -121,6 +121,17 @@ class ExecutableSymbols:
             return self._funcs[index]
         return None
 
+    def file_groups(self, file: str) -> list[tuple[str, set[tuple[str, int]]]]:
+        """Every STT_FILE group of one source basename, in link order: its key ("util.c",
+        "util.c#2") and the (name, size) of its local functions and variables."""
+        groups: dict[str, set[tuple[str, int]]] = {}
+        for syms in self._locals.values():
+            for s in syms:
+                if s.file is not None and s.file.partition("#")[0] == file and \
+                        s.type in (STT_FUNC, STT_OBJECT, STT_TLS):
+                    groups.setdefault(s.file, set()).add((s.name, s.size))
+        return sorted(groups.items(), key=lambda g: int(g[0].partition("#")[2] or 1))
+
     def next_function(self, value: int) -> int | None:
         """Link-time start of the first function above ``value`` (None past the last one)."""
         index = bisect.bisect_right(self._entries, value)
@@ -161,6 +172,9 @@ def _read_symtab(path: str) -> list[ElfSymbol]:
 
 def _parse(data: bytes, strtab: bytes) -> Iterator[ElfSymbol]:
     current_file: str | None = None
+    # Two objects of one source basename (src/a/util.c, src/b/util.c) both open an STT_FILE
+    # "util.c" group, in link order: the second one's locals belong to "util.c#2".
+    seen: dict[str, int] = {}
     for st_name, info, _other, shndx, value, size in _ELF64_SYM.iter_unpack(data):
         kind, bind = info & 0xF, info >> 4
         name = strtab[st_name : strtab.index(b"\0", st_name)].decode(errors="replace")
@@ -168,7 +182,8 @@ def _parse(data: bytes, strtab: bytes) -> Iterator[ElfSymbol]:
         # the program's copy is the one the library itself uses, so it answers to the bare name.
         name = name.partition("@")[0]
         if kind == STT_FILE:
-            current_file = name
+            seen[name] = seen.get(name, 0) + 1
+            current_file = name if seen[name] == 1 else f"{name}#{seen[name]}"
             continue
         if kind not in _ADDRESSABLE or shndx == SHN_UNDEF or not name:
             continue

@@ -11,8 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from katana.elf.executable import open_executable
 from katana.elf.objfile import ObjectFile, ObjSymbol, normalize_name, static_local_base
-from katana.errors import BuildError
+from katana.errors import BuildError, GenerateError
 from katana.generate.compare import Fingerprinter
 from katana.generate.tree import Tree
 
@@ -274,6 +275,52 @@ def _checked(obj: ObjectFile) -> ObjectFile:
     return obj
 
 
+def _placed(obj: ObjectFile, executable: Path) -> ObjectFile:
+    """Name the object's locals as the executable does when two objects share a source
+    basename (src/a/util.c, src/b/util.c): the executable numbers the second group "util.c#2";
+    the object is the group whose local functions and variables it has."""
+    if obj.file_name is None:
+        return obj
+    exe = open_executable(executable)
+    groups = exe.symbols.file_groups(obj.file_name)
+    if len(groups) > 1:
+        locals_ = [s for s in obj.symbols if s.local and s.defined and s.name
+                   and s.type in ("STT_FUNC", "STT_OBJECT", "STT_TLS")]
+        mine = {(s.name, s.size) for s in locals_}
+
+        def likeness(group: tuple[str, set[tuple[str, int]]]) -> float:
+            # same names and sizes first; then the same bytes (code with its relocated fields
+            # masked, initial values of data), which tells two copies of one source apart
+            same = sum(_same_bytes(obj, s, exe, group[0]) for s in locals_)
+            return len(mine & group[1]) / max(len(mine | group[1]), 1) + same
+
+        best = max(groups, key=likeness)
+        if sorted(likeness(g) for g in groups)[-2:] == [likeness(best)] * 2:
+            raise GenerateError(f"{obj.relpath}: two objects named {obj.file_name} define the "
+                                "same static functions and variables; cannot tell which is which",
+                                hint="rename one of the source files")
+        obj.file_name = best[0]
+    return obj
+
+
+def _same_bytes(obj: ObjectFile, sym: ObjSymbol, exe, group: str) -> bool:
+    """Whether a local of the object has, in the executable's group, the bytes it has in the
+    object (relocated fields masked on both sides; bss as zeros)."""
+    other = exe.lookup(sym.name, group)
+    if other is None or other.size != sym.size or other.type == 6:  # STT_TLS: no address
+        return False
+    sec = obj.sections[sym.shndx]
+    mine = bytearray(sec.data[sym.value:sym.value + sym.size] if sec.kind != "bss"
+                     else bytes(sym.size))
+    theirs = bytearray(exe.read(other.value, other.size))
+    for r in sec.relocs:
+        if sym.value <= r.offset < sym.value + sym.size:
+            at = r.offset - sym.value
+            width = 8 if r.type in (1, 24) else 4  # R_X86_64_64 / PC64, else a 32-bit field
+            mine[at:at + width] = theirs[at:at + width] = bytes(width)
+    return mine == theirs
+
+
 def diff_trees(old: Tree, new: Tree) -> Diff:
     """Pair the objects of two trees and find what changed in each."""
     pairs: list[ObjectPair] = []
@@ -283,8 +330,10 @@ def diff_trees(old: Tree, new: Tree) -> Diff:
         if old_path is not None and old_path.read_bytes() == new_path.read_bytes():
             identical[rel] = (old_path, new_path)  # equal bytes: skip parsing (mostly)
             continue
-        old_obj = _checked(ObjectFile(old_path, rel)) if old_path is not None else None
-        pair = ObjectPair(rel, old_obj, _checked(ObjectFile(new_path, rel)))
+        old_obj = _placed(_checked(ObjectFile(old_path, rel)), old.executable) \
+            if old_path is not None else None
+        pair = ObjectPair(rel, old_obj, _placed(_checked(ObjectFile(new_path, rel)),
+                                                new.executable))
         _compare(pair)
         pairs.append(pair)
     readers = _const_readers(pairs, identical)

@@ -105,7 +105,9 @@ class Closure:
         return self._symbol(("entry", old.name, file), lambda: Symbol(
             old.name, "func", None, 0, old.size, old.local, file, None, True))
 
-    def library(self, name: str) -> int:
+    def global_symbol(self, name: str) -> int:
+        """A global the patch leaves where it is: in an unchanged object of the program, or in a
+        shared library (apply looks in the program first)."""
         return self._symbol(("ext", name, None), lambda: Symbol(name, "notype", None))
 
     def _takes_address_of_replaced(self, pair: ObjectPair, named: ObjSymbol, rtype: int) -> bool:
@@ -169,7 +171,7 @@ class Closure:
     def resolve_undefined(self, name: str, rtype: int) -> int:
         hit = self.globals.get(name)
         if hit is None:  # defined in an object that did not change, or in a library
-            return self.library(name)
+            return self.global_symbol(name)
         pair, sym = hit
         if sym.index in pair.changed and self._takes_address_of_replaced(pair, sym, rtype):
             return self.entry(pair.old, pair.partner[sym.index])
@@ -179,5 +181,5 @@ class Closure:
         if sym.index not in pair.partner:
             self.added_vars.add((pair.relpath, sym.index))
             return self.defined(pair, sym)
-        return self.library(name) if self._in_from_executable(pair, pair.partner[sym.index]) \
+        return self.global_symbol(name) if self._in_from_executable(pair, pair.partner[sym.index]) \
             else self.defined(pair, sym)

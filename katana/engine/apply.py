@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from katana.engine import procfs
 from katana.engine.commit import Commit
 from katana.engine.plan import Plan, prepare
-from katana.engine.process import Process
+from katana.engine.process import Process, signals_held
 from katana.engine.record import Record
-from katana.errors import ApplyError, KatanaError
+from katana.errors import ApplyError, KatanaError, TargetError
 
 
 @dataclass
@@ -51,7 +52,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     """Apply a PO to process ``pid``; on any failure the process is left as it was.
 
     ``say(level, text)`` hears of each phase (level 1) and of details (level 2)."""
-    from katana.engine.safepoint import Range, wait_for_safe_point
+    from katana.engine.safepoint import Range
 
     plan = prepare(po_path, pid)
     say(1, _describe_plan(plan))
@@ -59,6 +60,27 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     commit = Commit(plan, proc)
     started = time.monotonic()
+    with signals_held():
+        record = _stop_and_commit(plan, proc, commit, ranges, config, leave_stopped, say,
+                                  started)
+    if not procfs.pid_exists(pid) or _exited(pid):
+        raise TargetError(f"process {pid} exited while katana was applying the patch")
+    return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
+                  plan.timings)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        procfs.check_process(pid)
+    except TargetError:
+        return True
+    return False
+
+
+def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
+                     leave_stopped: bool, say, started: float) -> Record:
+    from katana.engine.safepoint import wait_for_safe_point
+
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval)
@@ -70,6 +92,9 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
             record = commit.run()
         except KatanaError as e:
             commit.undo()
+            if _exited(plan.pid):  # it died under us: nothing "runs as before"
+                raise TargetError(f"process {plan.pid} exited while katana was applying the "
+                                  "patch") from e
             raise ApplyError(f"{e.message}; every change was undone, the process runs as "
                              "before", hint=e.hint) from e
         except BaseException:
@@ -83,5 +108,4 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     finally:
         if proc.attached:
             proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
-    return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
-                  plan.timings)
+    return record

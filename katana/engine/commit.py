@@ -34,7 +34,8 @@ class Commit:
         assert plan.layout is not None
         if [r.region for r in read_records(plan.pid)] != [r.region for r in plan.records]:
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
-                             hint="run the command again: it plans against the patches applied")
+                             hint="see katana status; run the command again if the patch "
+                                  "still fits")
         for r in plan.redirects:
             live = proc.read(r.start, len(r.expected)) if r.expected else b""
             if live != r.expected:

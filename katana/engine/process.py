@@ -16,12 +16,13 @@ not a process), so a ``Process`` must be used from one Python thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from katana.engine import procfs
@@ -56,6 +57,7 @@ class Process:
         # detach, since the process may map and unmap while it runs.
         self.memo: dict[str, object] = {}
         self._pending: dict[int, list[tuple[int, bytes | None]]] = {}
+        self._requested: list[int] = []
         self._owner: int | None = None
         # How long the target was held, over every stop: what it experienced, not what we did.
         self.stops = 0
@@ -82,12 +84,17 @@ class Process:
         self._pending = {}
         self.tids = []
         seen: set[int] = set()
+        self._requested = []
         try:
             while new := [t for t in procfs.thread_ids(self.pid) if t not in seen]:
-                for tid in new:
-                    seen.add(tid)
-                    if self._attach_thread(tid):
+                # Ask every thread first, then wait for each stop: waiting thread by thread
+                # would hold the first ones stopped for N scheduling delays on a busy machine.
+                seen.update(new)
+                self._requested = [t for t in new if self._request_attach(t)]
+                for tid in self._requested:
+                    if self._await_stop(tid):
                         self.tids.append(tid)
+                self._requested = []
             if not self.tids:
                 raise TargetError(f"no process {self.pid}", hint="it exited while attaching")
             self.memory.open(self._leader_or_first())
@@ -120,6 +127,10 @@ class Process:
         self._detach_all()
 
     def _detach_all(self) -> None:
+        for tid in self._requested:  # attach requested, stop not yet seen
+            if tid not in self.tids and self._await_stop(tid):
+                self.tids.append(tid)
+        self._requested = []
         if self._stopped_since is not None:
             held = time.monotonic() - self._stopped_since
             self.stopped_seconds += held
@@ -138,8 +149,8 @@ class Process:
         if errors:
             raise TargetError(f"cannot detach from process {self.pid}: {errors[0].strerror}")
 
-    def _attach_thread(self, tid: int) -> bool:
-        """Attach one thread and wait for its SIGSTOP; False when the thread is gone."""
+    def _request_attach(self, tid: int) -> bool:
+        """PTRACE_ATTACH one thread (its SIGSTOP is on the way); False when the thread is gone."""
         try:
             pt.ptrace(pt.PTRACE_ATTACH, tid)
         except OSError as e:
@@ -148,6 +159,10 @@ class Process:
             if e.errno == errno.EPERM:
                 raise self._permission_error() from None
             raise TargetError(f"cannot attach to thread {tid}: {e.strerror}") from None
+        return True
+
+    def _await_stop(self, tid: int) -> bool:
+        """Wait for an attached thread's SIGSTOP; False when the thread is gone."""
         while True:
             status = self._waitpid(tid)
             if status is None:
@@ -371,3 +386,22 @@ def _is_zombie(pid: int, tid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
+
+
+# Signals that would end katana while it holds the target half-written: a stopped thread left in
+# a single-step stop gets SIGTRAP when its tracer dies, and a commit cut short leaves jumps
+# without their record. They wait until the target is let go (SIGINT is handled: it undoes).
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM, SIGHUP and SIGQUIT for katana itself; they are delivered on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -8,13 +8,13 @@ the patch's own functions (new code) plus everything it redirected.
 from __future__ import annotations
 
 from katana.engine import inject
-from katana.engine.process import Process
+from katana.engine.process import Process, signals_held
 from katana.engine.record import read_records
 from katana.errors import ApplyError, KatanaError
 
 
 def revert_command(pid: int, config, verbosity: int = 1) -> int:
-    from katana.engine.safepoint import Range, wait_for_safe_point
+    from katana.engine.safepoint import Range
 
     records = read_records(pid)
     if not records:
@@ -29,9 +29,23 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     ranges = [Range(base, base + size, f"{record.to_label} patch code")]
     ranges += [Range(lo, lo + n, k.split("::", 1)[1]) for k, (lo, n) in record.functions.items()]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
+    with signals_held():
+        _revert(proc, record, records, ranges, config)
+    if verbosity:
+        print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
+    return 0
+
+
+def _revert(proc: Process, record, records, ranges, config) -> None:
+    from katana.engine.safepoint import wait_for_safe_point
+
+    base, size = record.region
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval)
+        if [r.region for r in read_records(proc.pid)] != [r.region for r in records]:
+            raise ApplyError(f"another katana patched or reverted process {proc.pid} meanwhile; "
+                             "nothing was reverted", hint="see katana status, then try again")
         for site in record.sites:
             if proc.read(site.address, len(site.new)) != site.new:
                 raise ApplyError(f"the code at {site.address:#x} changed since the patch was "
@@ -51,6 +65,3 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     finally:
         if proc.attached:
             proc.detach()
-    if verbosity:
-        print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
-    return 0

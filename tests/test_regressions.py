@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,26 +19,38 @@ pytestmark = pytest.mark.live
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
 
 
-def _patched(name: str, tmp_path, pie: bool, pattern: str, lines: int = 6) -> list[re.Match]:
-    """Start v0, apply v0 -> v1, and return ``lines`` matches of ``pattern`` printed after."""
-    trees = build_scenario(name, tmp_path, pie=pie)
-    po = tmp_path / "p.po"
-    katana("generate", "-o", str(po), str(trees["v0"].parent), str(trees["v1"].parent), "prog",
-           check=True)
-    live = Live([str(trees["v0"])])
+@contextmanager
+def _running_patched(v0: Path, v1: Path, program: str = "prog"):
+    """Generate v0 -> v1, start v0, apply the patch once it runs; the live process, killed
+    afterwards whatever happens."""
+    po = v0 / "p.po"
+    katana("generate", "-o", str(po), str(v0), str(v1), program, check=True)
+    live = Live([str(v0 / program)])
     try:
         live.wait_for(r"tick 3\b")
         result = katana("apply", str(po), str(live.pid))
         assert result.returncode == 0, result.stderr
-        after = live.mark()
-        found = []
-        for _ in range(lines):
-            found.append(live.wait_for(pattern, after=after))
-            after = live.last_index + 1
-        assert live.alive()
-        return found
+        yield live
     finally:
         live.kill()
+
+
+def _lines(live: Live, pattern: str, count: int) -> list[re.Match]:
+    """The next ``count`` lines matching ``pattern``, from now on."""
+    after, found = live.mark(), []
+    for _ in range(count):
+        found.append(live.wait_for(pattern, after=after))
+        after = live.last_index + 1
+    return found
+
+
+def _patched(name: str, tmp_path, pie: bool, pattern: str, lines: int = 6) -> list[re.Match]:
+    """Start v0, apply v0 -> v1, and return ``lines`` matches of ``pattern`` printed after."""
+    trees = build_scenario(name, tmp_path, pie=pie)
+    with _running_patched(trees["v0"].parent, trees["v1"].parent) as live:
+        found = _lines(live, pattern, lines)
+        assert live.alive()
+        return found
 
 
 @PIE
@@ -108,24 +121,13 @@ def test_same_named_static_locals_keep_their_values(tmp_path, pie):
 
 def test_revert_leaves_no_pointer_into_the_patch(tmp_path):
     trees = build_scenario("revert_stored_pointer", tmp_path)
-    po = tmp_path / "p.po"
-    katana("generate", "-o", str(po), str(trees["v0"].parent), str(trees["v1"].parent), "prog",
-           check=True)
-    live = Live([str(trees["v0"])])
-    try:
-        live.wait_for(r"tick 3\b")
-        katana("apply", str(po), str(live.pid), check=True)
+    with _running_patched(trees["v0"].parent, trees["v1"].parent) as live:
         m = live.wait_for(r"fire (\d+) -> (\d+)")  # the patched step() stored &f
         assert int(m.group(2)) == int(m.group(1)) + 1000
         katana("revert", str(live.pid), check=True)
-        after = live.mark()
-        for _ in range(5):  # handler still works, now calling v0's f
-            m = live.wait_for(r"fire (\d+) -> (\d+)", after=after)
-            after = live.last_index + 1
-        assert int(m.group(2)) == int(m.group(1)) + 1
+        for m in _lines(live, r"fire (\d+) -> (\d+)", 5):  # handler works: v0's f now
+            assert int(m.group(2)) == int(m.group(1)) + 1
         assert live.alive()
-    finally:
-        live.kill()
 
 
 @PIE
@@ -158,18 +160,8 @@ def test_two_objects_with_one_source_basename(tmp_path, pie):
     src = Path(__file__).parent / "nested" / "same_basename"
     for v in ("v0", "v1"):
         _build_nested(src / v, tmp_path / v, pie)
-    po = tmp_path / "p.po"
-    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "prog",
-           check=True)
-    live = Live([str(tmp_path / "v0" / "prog")])
-    try:
-        live.wait_for(r"tick 3\b")
-        katana("apply", str(po), str(live.pid), check=True)
-        after = live.mark()
-        for _ in range(5):  # a keeps counting from 0, b from 1000: each its own count
-            m = live.wait_for(r"tick (\d+) a (\d+) b (\d+)", after=after)
-            after = live.last_index + 1
+    with _running_patched(tmp_path / "v0", tmp_path / "v1") as live:
+        # a keeps counting from 0, b from 1000: each its own count
+        for m in _lines(live, r"tick (\d+) a (\d+) b (\d+)", 5):
             tick, a, b = map(int, m.groups())
             assert (a, b) == (tick, 1000 + tick)
-    finally:
-        live.kill()

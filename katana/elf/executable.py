@@ -13,6 +13,16 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from katana.elf.relocs import (
+    PC_RELATIVE,
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_64,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    field_size,
+)
 from katana.elf.symtab import ElfSymbol, ExecutableSymbols, executable_symbols
 from katana.errors import FormatError
 
@@ -98,8 +108,9 @@ class Executable:
         raise FormatError(f"{self.path}: address {vaddr:#x} (+{size}) is not in a loaded segment")
 
 
-_PC_RELATIVE = {2, 4, 9, 41, 42}  # R_X86_64_PC32, PLT32, GOTPCREL, GOTPCRELX, REX_GOTPCRELX
-_FIELD_SIZE = {1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}  # R_X86_64_64, PC32, PLT32, 32, 32S, PC64
+# the relocations through which code or data can refer to a variable's address
+_REFERENCES = {R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_32, R_X86_64_32S,
+               R_X86_64_PC64}
 
 
 @dataclass(frozen=True)
@@ -148,16 +159,16 @@ def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
             code = bool(flags & 0x4)  # SHF_EXECINSTR
             for r in sec.iter_relocations():
                 rtype = r["r_info_type"]
-                if rtype not in _FIELD_SIZE:
+                if rtype not in _REFERENCES:
                     continue
                 sym = symtab.get_symbol(r["r_info_sym"])
                 target = sym["st_value"] + r["r_addend"]
-                if rtype in _PC_RELATIVE:
+                if rtype in PC_RELATIVE:
                     if not low - _MAX_TRAILING_IMMEDIATE - 4 <= target < high:
                         continue  # cheap filter before decoding the instruction
                     target += _pc_adjust(exe, r["r_offset"])
                 if low <= target < high:
-                    found.append(Reference(r["r_offset"], rtype, _FIELD_SIZE[rtype],
+                    found.append(Reference(r["r_offset"], rtype, field_size(rtype),
                                            target - low, code))
     return found
 

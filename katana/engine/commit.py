@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from katana.elf.executable import Reference
+from katana.elf.relocs import R_X86_64_32
 from katana.engine import alloc, inject
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
@@ -109,7 +110,7 @@ class Commit:
 
     def _repoint(self, address: int, ref: Reference, delta: int) -> None:
         raw = self.proc.read(address, ref.size)
-        signed = ref.type != 10  # R_X86_64_32 is zero-extended, every other field signed
+        signed = ref.type != R_X86_64_32  # zero-extended; every other field is signed
         value = int.from_bytes(raw, "little", signed=signed) + delta
         try:
             new = value.to_bytes(ref.size, "little", signed=signed)

@@ -17,24 +17,24 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from katana.elf.relocs import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_64,
+    R_X86_64_GOTPCREL,
+    R_X86_64_GOTPCRELX,
+    R_X86_64_GOTTPOFF,
+    R_X86_64_NONE,
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    R_X86_64_PLT32,
+    R_X86_64_REX_GOTPCRELX,
+    R_X86_64_TPOFF32,
+)
 from katana.errors import ApplyError
 from katana.po.model import PatchObject, Symbol
 
 PAGE = 4096
-
-R_X86_64_NONE = 0
-R_X86_64_64 = 1
-R_X86_64_PC32 = 2
-R_X86_64_PLT32 = 4
-R_X86_64_GOTPCREL = 9
-R_X86_64_32 = 10
-R_X86_64_32S = 11
-R_X86_64_PC64 = 24
-R_X86_64_GOTPCRELX = 41
-R_X86_64_REX_GOTPCRELX = 42
-
-R_X86_64_GOTTPOFF = 22  # initial exec: a GOT slot holds the thread-pointer offset
-R_X86_64_TPOFF32 = 23  # local exec: the field holds the thread-pointer offset
 
 _GOT_TYPES = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTTPOFF}
 TLS_TYPES = {R_X86_64_GOTTPOFF, R_X86_64_TPOFF32}

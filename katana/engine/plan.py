@@ -16,17 +16,16 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, Reference, open_executable, references_to
-from katana.elf.symtab import STT_TLS
-from katana.engine import procfs
-from katana.engine.loader import (
+from katana.elf.relocs import (
     R_X86_64_64,
     R_X86_64_NONE,
     R_X86_64_PC32,
-    R_X86_64_PC64,
     R_X86_64_PLT32,
-    Layout,
-    plan_layout,
+    field_size,
 )
+from katana.elf.symtab import STT_TLS
+from katana.engine import procfs
+from katana.engine.loader import Layout, plan_layout
 from katana.engine.record import Record, Site, key, read_records
 from katana.errors import ApplyError, MismatchError
 from katana.po import load_po
@@ -296,8 +295,7 @@ def _data_references(plan: Plan, base: int) -> dict[str, list[list]]:
             if r.symbol in plan.layout.got_offset:  # through a GOT slot: the slot holds it
                 site = [base + plan.layout.got_offset[r.symbol], R_X86_64_64, 8, 0, True]
             else:
-                size = 8 if r.type in (R_X86_64_64, R_X86_64_PC64) else 4
-                site = [base + plan.layout.offsets[i] + r.offset, r.type, size,
+                site = [base + plan.layout.offsets[i] + r.offset, r.type, field_size(r.type),
                         max(r.addend, 0), sec.kind == "text"]
             refs.setdefault(k, []).append(site)
     return refs

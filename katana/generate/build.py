@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from katana.elf.executable import Executable
 from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
+from katana.elf.relocs import R_X86_64_PLT32
 from katana.errors import GenerateError
-from katana.generate.compare import R_X86_64_PLT32, Fingerprinter
+from katana.generate.compare import Fingerprinter
 from katana.generate.diff import Diff, ObjectPair
 from katana.po.model import Reloc, Section, Symbol
 

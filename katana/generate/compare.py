@@ -14,20 +14,7 @@ from functools import cached_property
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from katana.elf.objfile import ObjectFile, ObjReloc, ObjSection, normalize_name, static_local_base
-
-# psABI relocation numbers (x86-64 psABI, table "Relocation Types")
-R_X86_64_64 = 1
-R_X86_64_PC32 = 2
-R_X86_64_GOT32 = 3
-R_X86_64_PLT32 = 4
-R_X86_64_GOTPCREL = 9
-R_X86_64_32 = 10
-R_X86_64_32S = 11
-R_X86_64_PC64 = 24
-R_X86_64_GOTPCRELX = 41
-R_X86_64_REX_GOTPCRELX = 42
-PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX,
-               R_X86_64_REX_GOTPCRELX}
+from katana.elf.relocs import PC_RELATIVE
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 

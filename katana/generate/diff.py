@@ -13,6 +13,8 @@ from pathlib import Path
 
 from katana.elf.executable import open_executable
 from katana.elf.objfile import ObjectFile, ObjSymbol, normalize_name, static_local_base
+from katana.elf.relocs import field_size
+from katana.elf.symtab import STT_TLS
 from katana.errors import BuildError, GenerateError
 from katana.generate.compare import Fingerprinter
 from katana.generate.tree import Tree
@@ -307,7 +309,7 @@ def _same_bytes(obj: ObjectFile, sym: ObjSymbol, exe, group: str) -> bool:
     """Whether a local of the object has, in the executable's group, the bytes it has in the
     object (relocated fields masked on both sides; bss as zeros)."""
     other = exe.lookup(sym.name, group)
-    if other is None or other.size != sym.size or other.type == 6:  # STT_TLS: no address
+    if other is None or other.size != sym.size or other.type == STT_TLS:  # no address
         return False
     sec = obj.sections[sym.shndx]
     mine = bytearray(sec.data[sym.value:sym.value + sym.size] if sec.kind != "bss"
@@ -316,7 +318,7 @@ def _same_bytes(obj: ObjectFile, sym: ObjSymbol, exe, group: str) -> bool:
     for r in sec.relocs:
         if sym.value <= r.offset < sym.value + sym.size:
             at = r.offset - sym.value
-            width = 8 if r.type in (1, 24) else 4  # R_X86_64_64 / PC64, else a 32-bit field
+            width = field_size(r.type)
             mine[at:at + width] = theirs[at:at + width] = bytes(width)
     return mine == theirs
 

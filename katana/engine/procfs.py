@@ -73,9 +73,10 @@ def _read_text(pid: int, name: str) -> str:
     except (FileNotFoundError, ProcessLookupError):
         raise TargetError(f"no process {pid}", hint="check the pid with `ps`") from None
     except PermissionError as e:
-        raise TargetError(
-            f"cannot read {e.filename}: permission denied", hint="run as root or as the owner"
-        ) from None
+        hint = ("even root may not read this process: another PID namespace, a sandbox or a "
+                "security module forbids it") if os.geteuid() == 0 else \
+            "run as root or as the process's owner"
+        raise TargetError(f"cannot read {e.filename}: permission denied", hint=hint) from None
 
 
 def pid_exists(pid: int) -> bool:

@@ -10,10 +10,8 @@ anonymous mappings, the first bytes of each say whether it is ours.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from katana.errors import TargetError
 
@@ -85,32 +83,14 @@ class Record:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
-def _anonymous_mappings(pid: int) -> list[tuple[int, int]]:
-    try:
-        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    except FileNotFoundError:
-        raise TargetError(f"no process {pid}") from None
-    except PermissionError:
-        hint = ("even root may not read this process: another PID namespace, a sandbox or a "
-                "security module forbids it") if os.geteuid() == 0 else \
-            "run as root or as the process's owner"
-        raise TargetError(f"cannot read /proc/{pid}/maps: permission denied", hint=hint) from None
-    result = []
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 5 and parts[1].startswith("rw"):  # no path: anonymous
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            result.append((lo, hi))
-    return result
-
-
 def read_records(pid: int) -> list[Record]:
     """Every patch applied to a process, oldest first."""
-    from katana.engine.procfs import check_process
+    from katana.engine.procfs import check_process, read_maps
 
     check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
     records = []
-    maps = _anonymous_mappings(pid)  # first: names a missing process as such
+    # a record starts the first (read-write) part of an anonymous mapping katana made
+    maps = [(m.start, m.end) for m in read_maps(pid) if not m.path and m.writable]
     try:
         mem = open(f"/proc/{pid}/mem", "rb")
     except OSError as e:

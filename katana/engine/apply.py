@@ -79,11 +79,12 @@ def _exited(pid: int) -> bool:
 
 def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
                      leave_stopped: bool, say, started: float) -> Record:
-    from katana.engine.safepoint import wait_for_safe_point
+    from katana.engine.safepoint import Checker, wait_for_safe_point
 
+    checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks)
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
-                            config.safe_point_retry_interval)
+                            config.safe_point_retry_interval, checker=checker, say=say)
         stopped_at = time.monotonic()
         plan.timings["safe point"] = stopped_at - started
         say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
@@ -106,6 +107,7 @@ def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
         for site in commit.sites:
             say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     finally:
+        checker.close()
         if proc.attached:
             proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
     return record

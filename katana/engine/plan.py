@@ -69,6 +69,8 @@ class Plan:
     safety: list[tuple[int, int, str]] = field(default_factory=list)
     transfers: list[tuple[VariablePatch, int, list[Reference]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # (katana_stacks, katana_nstacks): where the program declares its coroutine stacks
+    declared_stacks: tuple[int, int] | None = None
 
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
@@ -226,6 +228,12 @@ def _plan_transfers(plan: Plan) -> None:
         plan.transfers.append((v, old, refs))
 
 
+def _plan_declared_stacks(plan: Plan) -> None:
+    table, count = plan.exe.lookup("katana_stacks"), plan.exe.lookup("katana_nstacks")
+    if table is not None and count is not None:
+        plan.declared_stacks = (table.value + plan.bias, count.value + plan.bias)
+
+
 def prepare(po_path: Path, pid: int) -> Plan:
     """Verify and plan; nothing is stopped or written yet."""
     started = time.monotonic()
@@ -237,6 +245,7 @@ def prepare(po_path: Path, pid: int) -> Plan:
     _plan_redirects(plan)
     _plan_safety(plan)
     _plan_transfers(plan)
+    _plan_declared_stacks(plan)
     plan.layout = plan_layout(po, _record_reserve(plan), plan.far)
     plan.timings["prepare"] = time.monotonic() - started
     return plan

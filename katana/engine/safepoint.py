@@ -1,30 +1,45 @@
-"""The safe point: no thread is executing, or will return into, a function we replace.
+"""The safe point: no thread, and no suspended coroutine, is in a function we replace.
 
-Each stopped thread is checked at its instruction pointer and along its stack. The stack check is
-a conservative scan, not an unwinder: code built with -O2 keeps no frame pointers, and we do not
-read .eh_frame, so we cannot walk frames. Instead every 8-byte word from RSP to the end of the stack
-mapping that could be a return address into a listed function counts: it must point just after a
-``call`` instruction (the bytes before it decode as ``e8 rel32`` or an ``ff /2`` indirect call),
-which filters out function pointers and most stale data. A stale word that survives the filter only
-makes us wait longer; a real return address is never missed.
+Two passes, so that the stop stays short when nothing is near the patch:
 
-A thread interrupted by a signal whose handler is still running has the interrupted RIP in the
-signal frame (struct rt_sigframe), not after a call: frames found by their return address into
-glibc's ``__restore_rt`` are checked for that saved RIP too.
+1. A fast scan of each stopped thread's stack: every 8-byte word from RSP to the end of its
+   mapping that could be a return address into a listed function (it points just after a
+   ``call``: ``e8 rel32`` or ``ff /2``), and the RIP saved in signal frames (found by their
+   return address into glibc's ``__restore_rt``). No candidate: the thread is clear.
+2. Only for a thread with candidates: an unwind with the CFI of every mapped object
+   (``unwind.py``). A candidate counts only if it is a live frame. A word the unwind walked past
+   is stale (an uninitialised buffer still holding an old return address); where the unwind
+   could not go on, the candidates beyond that point stay busy and ``-v`` says why.
+
+Suspended ucontext coroutines and stacks the program declares are checked the same way
+(``coroutines.py``). When every busy frame is one that can return and its return address slot is
+known, ``wait_for_safe_point`` hooks that return (``hooks.py``) and stops the process again as
+soon as the frame has returned, instead of polling at random instants.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
+import sys
 import time
 from array import array
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from katana.engine import inject, procfs
+from katana.engine import procfs
+from katana.engine.coroutines import (
+    declared_stacks,
+    find_contexts,
+    imports_switch,
+    switch_returns,
+)
+from katana.engine.hooks import ReturnHooks
 from katana.engine.process import Process
-from katana.errors import BusyError, TargetError
+from katana.engine.unwind import ProcessCfi, Unwinder, Walk, regs_of
+from katana.errors import BusyError, KatanaError, TargetError
 
-MAX_SCAN = 64 << 20  # stop scanning a "stack" this far above RSP (coroutine stacks in the heap)
+MAX_SCAN = 64 << 20  # stop scanning a "stack" this far above RSP
 # glibc's __restore_rt: mov $SYS_rt_sigreturn, %rax; syscall
 RESTORER = bytes.fromhex("48c7c00f0000000f05")
 # struct rt_sigframe { pretcode; struct ucontext uc; ... }: uc_flags, uc_link, uc_stack (24
@@ -33,6 +48,12 @@ RESTORER = bytes.fromhex("48c7c00f0000000f05")
 _SIGFRAME_RSP = (8 + 8 + 8 + 24 + 15 * 8) // 8
 _SIGFRAME_RIP = _SIGFRAME_RSP + 1
 _PREFIXES = {0x2E, 0x3E, 0x66}  # segment / notrack (CET) / operand size before ff /2
+
+Say = Callable[[int, str], None]
+
+
+def _quiet(level: int, text: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -46,12 +67,25 @@ class Range:
 
 @dataclass(frozen=True)
 class Busy:
-    """A thread found using a function. ``where``: "rip", "stack" or "signal"."""
+    """A function found in use. ``where``: "rip", "stack", "signal" or "coroutine"."""
 
-    tid: int
+    tid: int  # 0 for a coroutine
     name: str
     where: str
     address: int
+    stack: str = ""  # "thread 4242" or "coroutine stack at 0x..."
+    slot: int | None = None  # the outermost busy frame: where its return address is stored
+    returns_to: int | None = None  # ... and that return address
+    never_returns: str = ""  # why this frame cannot return while the program runs
+    unverified: str = ""  # why the unwind could not tell a live frame from a stale word
+
+
+@dataclass(frozen=True)
+class _Word:
+    at: int | None  # where the word is (None: the thread's RIP)
+    value: int
+    name: str
+    where: str
 
 
 class _Index:
@@ -105,97 +139,379 @@ def follows_call(before: bytes) -> bool:
     return any(_indirect_call_length(before[-n:]) == n for n in range(2, min(len(before), 8) + 1))
 
 
-def find_busy(process: Process, ranges: list[Range]) -> list[Busy]:
-    """Every (thread, function) that is in use, in a stopped process."""
-    index = _Index(ranges)
-    if not index.ranges:
-        return []
-    maps = process.maps()
-    restorer = _restorer(process)
-    found: list[Busy] = []
-    for tid in process.tids:
+class _MemReader:
+    """Reads the target's memory through /proc/PID/mem without needing it stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+
+    def __call__(self, addr: int, size: int) -> bytes:
+        if self.fd is None:
+            try:
+                self.fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+            except OSError as e:
+                raise TargetError(f"cannot read the memory of process {self.pid}: "
+                                  f"{e.strerror}") from None
+        try:
+            data = os.pread(self.fd, size, addr)
+        except OSError as e:
+            raise TargetError(f"cannot read {size} bytes at {addr:#x} in process "
+                              f"{self.pid}: {e.strerror}") from None
+        if len(data) != size:
+            raise TargetError(f"short read at {addr:#x} in process {self.pid}")
+        return data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Checker:
+    """What the safe-point check needs, read before the first stop: the CFI of every mapped
+    object, glibc's signal return, the places the program switches coroutines from, and the
+    program's declared stacks."""
+
+    def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
+                 declared: tuple[int, int] | None = None) -> None:
+        self.pid = pid
+        self.index = _Index(ranges)
+        self.say = say
+        self.read = _MemReader(pid)
+        self.cfi = ProcessCfi(pid, self.read)
+        self.hooks = ReturnHooks(pid)
+        self.restorer = _find_restorer(self.read, procfs.read_maps(pid))
+        self.switch_returns: set[int] = set()
+        exe = procfs.exe_path(pid)
+        if imports_switch(exe):
+            bias = procfs.load_bias(pid)
+            self.switch_returns = {r + bias for r in switch_returns(exe)}
+        self.declared = declared
+
+    def close(self) -> None:
+        self.read.close()
+        self.hooks.close()
+
+    def unwinder(self) -> Unwinder:
+        return Unwinder(self.cfi, self.read, self.hooks.original)
+
+    # -- the check, at a stop ------------------------------------------------------------
+
+    def find_busy(self, process: Process) -> list[Busy]:
+        """Every function of the ranges in use, by a thread or a suspended coroutine."""
+        if not self.index.ranges:
+            return []
+        maps = process.maps()
+        self.cfi.refresh(maps)  # code mapped since (dlopen): its CFI is read now
+        found: list[Busy] = []
+        for tid in process.tids:
+            found += self._thread(process, tid, maps)
+        if self.switch_returns:
+            found += self._contexts(maps)
+        if self.declared:
+            found += self._declared()
+        return list(dict.fromkeys(found))
+
+    def _thread(self, process: Process, tid: int, maps: list[procfs.Mapping]) -> list[Busy]:
         regs = process.get_regs(tid)
-        hit = index.find(regs.rip)
+        words: list[_Word] = []
+        hit = self.index.find(regs.rip)
         if hit is not None:
-            found.append(Busy(tid, hit.name, "rip", regs.rip))
-        found += _scan_stacks(process, tid, regs.rsp, maps, index, restorer)
-    return list(dict.fromkeys(found))
+            words.append(_Word(None, regs.rip, hit.name, "rip"))
+        words += self._scan(regs.rsp, maps)
+        if not words:
+            return []
+        walk = self.unwinder().walk(regs_of(regs))
+        return self._judge(walk, words, tid, f"thread {tid}", regs.rsp)
 
+    def _contexts(self, maps: list[procfs.Mapping]) -> list[Busy]:
+        contexts, partial = find_contexts(self.read, maps, self.switch_returns)
+        found: list[Busy] = []
+        if partial:
+            found.append(Busy(0, "(unknown)", "coroutine", 0, "coroutine stacks",
+                              unverified=f"could not search for coroutines: {partial}"))
+        for ctx in contexts:
+            label = f"coroutine stack at {ctx.sp:#x}"
+            walk = self.unwinder().walk(ctx.regs, exact=False)
+            words = self._scan(ctx.sp, maps, limit=1 << 20) if not walk.complete else []
+            found += self._judge(walk, words, 0, label, ctx.sp, always=True)
+        return found
 
-def _restorer(process: Process) -> int | None:
-    if "restorer" not in process.memo:
-        # glibc's libc.so.6 holds the one __restore_rt that sigaction installs.
-        process.memo["restorer"] = inject.find_code(process, RESTORER, library="libc.so")
-    return process.memo["restorer"]  # type: ignore[return-value]
+    def _declared(self) -> list[Busy]:
+        table, count = self.declared  # type: ignore[misc]
+        found: list[Busy] = []
+        try:
+            stacks = declared_stacks(self.read, table, count)
+        except TargetError as e:
+            return [Busy(0, "(unknown)", "coroutine", 0, "declared stacks",
+                         unverified=f"katana_stacks unreadable: {e.message}")]
+        for sp, top in stacks:
+            label = f"coroutine stack at {sp:#x}"
+            for w in self._scan_range(sp, min(top, sp + (8 << 20))):
+                if w.where == "signal-sp":
+                    continue
+                found.append(Busy(0, w.name, "coroutine", w.value, label,
+                                  unverified="a declared stack is scanned word by word"))
+        return found
 
+    # -- the fast scan ---------------------------------------------------------------------
 
-def _scan_stacks(
-    process: Process, tid: int, rsp: int, maps: list[procfs.Mapping], index: _Index,
-    restorer: int | None,
-) -> list[Busy]:
-    found: list[Busy] = []
-    todo, seen = [rsp], set()
-    while todo:
-        sp = todo.pop()
-        m = procfs.mapping_at(maps, sp)
-        if m is None or not m.readable or m in seen:
-            continue
-        seen.add(m)
-        start = sp & ~7
-        words = array("Q", process.read(start, min(m.end, start + MAX_SCAN) - start))
+    def _scan(self, sp: int, maps: list[procfs.Mapping], limit: int = MAX_SCAN) -> list[_Word]:
+        found: list[_Word] = []
+        todo, seen = [sp], set()
+        while todo:
+            sp = todo.pop()
+            m = procfs.mapping_at(maps, sp)
+            if m is None or not m.readable or m in seen:
+                continue
+            seen.add(m)
+            for w in self._scan_range(sp, min(m.end, (sp & ~7) + limit)):
+                if w.where == "signal-sp":
+                    todo.append(w.value)
+                else:
+                    found.append(w)
+        return found
+
+    def _scan_range(self, lo: int, hi: int) -> list[_Word]:
+        start = lo & ~7
+        try:
+            data = self.read(start, hi - start)
+        except TargetError:
+            return []
+        words = array("Q", data[:len(data) & ~7])
+        index, found = self.index, []
         for i, word in enumerate(words):
             if index.low < word <= index.high:
                 # word - 1: a call that ends its function (to a noreturn callee) returns to
                 # the next function's first byte.
-                hit = index.find(word - 1)
-                if hit is not None and _returns_from_call(process, word):
-                    found.append(Busy(tid, hit.name, "stack", word))
-            elif word == restorer and i + _SIGFRAME_RIP < len(words):
-                hit = index.find(words[i + _SIGFRAME_RIP])
-                if hit is not None:
-                    found.append(Busy(tid, hit.name, "signal", words[i + _SIGFRAME_RIP]))
+                r = index.find(word - 1)
+                if r is not None and self._returns_from_call(word):
+                    found.append(_Word(start + 8 * i, word, r.name, "stack"))
+            elif word == self.restorer and i + _SIGFRAME_RIP < len(words):
+                rip = words[i + _SIGFRAME_RIP]
+                r = index.find(rip)
+                if r is not None:
+                    found.append(_Word(start + 8 * (i + _SIGFRAME_RIP), rip, r.name, "signal"))
                 # The interrupted code's stack: elsewhere when the handler ran on sigaltstack.
-                todo.append(words[i + _SIGFRAME_RSP])
-    return found
+                found.append(_Word(None, words[i + _SIGFRAME_RSP], "", "signal-sp"))
+        return found
+
+    def _returns_from_call(self, address: int) -> bool:
+        try:
+            return follows_call(self.read(address - 8, 8))
+        except TargetError:
+            return False  # the bytes before it are not mapped: nothing called from there
+
+    # -- the verdict -----------------------------------------------------------------------
+
+    def _judge(self, walk: Walk, words: list[_Word], tid: int, label: str, sp: int,
+               always: bool = False) -> list[Busy]:
+        """Busy frames of one stack: the live ones the unwind found, plus the candidates it
+        could not vouch for. ``always``: a coroutine, whose frames are checked even when the
+        fast scan found nothing (its RIP is a return address, not a word on the stack)."""
+        out: list[Busy] = []
+        live = []
+        for i, f in enumerate(walk.frames):
+            r = self.index.find(f.pc if f.exact else f.pc - 1)
+            if r is not None:
+                where = "coroutine" if tid == 0 else (
+                    "rip" if i == 0 and f.exact else "signal" if f.exact else "stack")
+                live.append((i, Busy(tid, r.name, where, f.pc, label)))
+        unverified: list[_Word] = []
+        if not walk.complete:
+            top = walk.frames[-1].cfa if walk.frames else sp
+            unverified = [w for w in words if w.at is None and not walk.frames
+                          or w.at is not None and not sp <= w.at < top]
+            self.say(2, f"{label}: unwind stopped after {len(walk.frames)} frame(s): "
+                        f"{walk.stopped}; {len(unverified)} word(s) beyond it count as busy")
+        elif words and not live:
+            self.say(2, f"{label}: {len(words)} stale word(s) ignored (not live frames: "
+                        f"unwound {len(walk.frames)} frames)")
+        out += [Busy(tid, w.name, "coroutine" if tid == 0 else w.where, w.value, label,
+                     unverified=walk.stopped) for w in unverified]
+        if live and not unverified:
+            i, outer = live[-1]
+            frame = walk.frames[i]
+            returns_to = walk.frames[i + 1].pc if i + 1 < len(walk.frames) else None
+            outer = replace(outer, slot=frame.ra_slot, returns_to=returns_to,
+                            never_returns=self._never_returns(walk, i, outer, label))
+            live[-1] = (i, outer)
+        out += [b for _, b in live]
+        return out
+
+    def _never_returns(self, walk: Walk, i: int, busy: Busy, label: str) -> str:
+        if busy.name == "main":
+            return "main returns only when the program exits"
+        if not walk.complete:
+            return ""
+        callers = walk.frames[i + 1:]
+        libraries = [self.cfi.object_at(f.pc - 1) for f in callers]
+        if callers and all(o is not None and ".so" in o.name for o in libraries):
+            return f"{busy.name} is where {label} starts: it returns only when that ends"
+        return ""
 
 
-def _returns_from_call(process: Process, address: int) -> bool:
-    try:
-        return follows_call(process.read(address - 8, 8))
-    except TargetError:
-        return False  # the bytes before it are not mapped: nothing called from there
+def _find_restorer(read, maps: list[procfs.Mapping]) -> int | None:
+    # glibc's libc.so.6 holds the one __restore_rt that sigaction installs; found once, before
+    # the stop (library text does not change while the program runs).
+    for m in maps:
+        if m.executable and os.path.basename(m.path).startswith("libc.so"):
+            try:
+                at = read(m.start, m.size).find(RESTORER)
+            except TargetError:
+                return None
+            return m.start + at if at >= 0 else None
+    return None
 
 
 def _describe(busy: list[Busy]) -> str:
-    parts = [f"{b.name} (thread {b.tid}, {b.where})" for b in busy[:3]]
+    parts = [f"{b.name} ({b.stack or f'thread {b.tid}'}, {b.where})" for b in busy[:3]]
     more = f" and {len(busy) - 3} more" if len(busy) > 3 else ""
-    return ", ".join(parts) + more
+    text = ", ".join(parts) + more
+    never = next((b.never_returns for b in busy if b.never_returns), "")
+    if never:
+        text += f"; {never}, so this patch cannot be applied while it runs"
+    return text
+
+
+def _hint(busy: list[Busy]) -> str:
+    if any(b.never_returns for b in busy):
+        return ("a change inside a loop that never returns can never be applied: move the "
+                "change into a function the loop calls (the katana flags keep callees out of "
+                "line), then make the patch again")
+    if any(b.unverified for b in busy):
+        return ("try again later, or allow more time (maxWaitForPatching); katana -v apply "
+                "says where the unwind stopped")
+    return "try again later, or allow more time (maxWaitForPatching)"
 
 
 def wait_for_safe_point(
-    process: Process, ranges: list[Range], timeout: float, interval: float = 0.05
+    process: Process, ranges: list[Range], timeout: float, interval: float = 0.05, *,
+    checker: Checker | None = None, say: Say = _quiet,
 ) -> None:
     """Stop the process at a moment when no range is in use, trying until ``timeout`` seconds.
 
     On return the process is stopped (attached) at a safe point. Otherwise it is let go, running
-    as it was, and BusyError names the functions and threads that stayed busy.
+    as it was (every return hook removed), and BusyError names what stayed busy.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        process.stop()
+    own = checker is None
+    checker = checker or Checker(process.pid, ranges, say)
+    waiter = _Waiter(process, checker, timeout, interval, say)
+    try:
+        waiter.run()
+    finally:
+        if process.attached is False and checker.hooks.base:
+            waiter.cleanup()
+        if own:
+            checker.close()
+
+
+class _Waiter:
+    def __init__(self, process: Process, checker: Checker, timeout: float, interval: float,
+                 say: Say) -> None:
+        self.process, self.checker, self.say = process, checker, say
+        self.timeout, self.interval = timeout, interval
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.tty = sys.stderr.isatty()
+
+    def run(self) -> None:
+        attempt = 0.0
+        while True:
+            began = time.monotonic()
+            self.process.stop()
+            try:
+                busy = self.checker.find_busy(self.process)
+                left = self.deadline - time.monotonic()
+                # Give up now rather than start an attempt that would end past the deadline.
+                give_up = busy and (left <= 0 or left < attempt)
+                if not busy or give_up:
+                    self.checker.hooks.disarm(self.process, self.say)
+                else:
+                    self._arm(busy)
+            except BaseException:
+                self._release_on_error()
+                raise
+            if not busy:
+                self._end_progress()
+                return
+            self.process.resume()
+            attempt = time.monotonic() - began
+            if give_up:
+                self._end_progress()
+                raise BusyError(f"no safe point in process {self.process.pid} within "
+                                f"{self.timeout:g} s: {_describe(busy)} in use",
+                                hint=_hint(busy))
+            self._wait(busy)
+
+    def _arm(self, busy: list[Busy]) -> None:
+        slots = [(b.slot, b.returns_to) for b in busy
+                 if b.slot is not None and b.returns_to is not None and not b.never_returns]
+        if slots and self.checker.hooks.arm(self.process, slots):
+            self.say(2, f"waiting for {', '.join(sorted({b.name for b in busy}))} to return: "
+                        f"{len(self.checker.hooks.pending())} return hook(s) set")
+
+    def _wait(self, busy: list[Busy]) -> None:
+        """Until a hook fires, or the retry interval passes when something busy is not hooked
+        (a stack we could not unwind, a frame that cannot return)."""
+        hooks = self.checker.hooks
+        pending = {h.slot for h in hooks.pending()}
+        # Every busy stack has its outermost busy frame hooked: nothing changes until one
+        # returns, so there is no point in stopping the process before that.
+        stacks = {b.stack for b in busy}
+        hooked = {b.stack for b in busy if b.slot in pending and not b.never_returns}
+        until = self.deadline if stacks <= hooked else time.monotonic() + self.interval
+        until = min(until, self.deadline)
+        first = busy[0]
+        who = first.stack or f"thread {first.tid}"
+        while True:
+            now = time.monotonic()
+            self._progress(f"waiting for {first.name} to return in {who}: "
+                           f"{now - self.started:.1f} s of {self.timeout:g} s")
+            if now >= until or hooks.poll():
+                return
+            time.sleep(min(0.001 if hooks.pending() else self.interval, max(0.0, until - now)))
+
+    def _progress(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r{self.process.pid}: {text}\033[K")
+            sys.stderr.flush()
+
+    def _end_progress(self) -> None:
+        if self.tty and self.checker.hooks.hooks:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _release_on_error(self) -> None:
         try:
-            busy = find_busy(process, ranges)
-        except BaseException:
-            process.resume()
-            raise
-        if not busy:
-            return
-        process.resume()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BusyError(
-                f"no safe point in process {process.pid} within {timeout:g} s: "
-                f"{_describe(busy)} in use",
-                hint="try again later, or allow more time (maxWaitForPatching)",
-            )
-        time.sleep(min(interval, left))
+            self.checker.hooks.disarm(self.process, self.say)
+        except (KatanaError, OSError):
+            pass
+        self.process.resume()
+
+    def cleanup(self) -> None:
+        """Interrupted while the process ran (SIGINT, an error): stop it once more to take the
+        hooks out, then let it go."""
+        self._end_progress()
+        try:
+            self.process.stop()
+        except KatanaError:
+            return  # it exited: nothing left to clean
+        try:
+            self.checker.hooks.disarm(self.process, self.say)
+        except (KatanaError, OSError):
+            pass
+        finally:
+            self.process.resume()
+
+
+# Kept for callers of the former module-level API.
+def find_busy(process: Process, ranges: list[Range]) -> list[Busy]:
+    checker = Checker(process.pid, ranges)
+    try:
+        return checker.find_busy(process)
+    finally:
+        checker.close()
+
+

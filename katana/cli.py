@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -109,6 +110,19 @@ def _cmd_list(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _outrank_target() -> None:
+    """Run ahead of the target while we work on it (root only: CAP_SYS_NICE).
+
+    The scheduler shares a CPU between threads, not processes: a target with 64 busy threads
+    leaves katana 1/65 of a core, and every millisecond katana loses is one the target's
+    threads spend stopped, or one past maxWaitForPatching (measured: 5 s became 23 s).
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -15)
+    except OSError:
+        pass  # not root: the ordinary priority
+
+
 def _cmd_apply(args: argparse.Namespace, config) -> int:
     from katana.engine.command import apply_command
 
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             _parser().print_help()
             return 2
+        if args.command in ("apply", "revert"):
+            _outrank_target()  # before the imports: they are most of katana's CPU time
         from katana.config import Config, load_config
 
         # Only the commands that touch a process read the configuration: a broken ./.katana

@@ -54,6 +54,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     ``say(level, text)`` hears of each phase (level 1) and of details (level 2)."""
     from katana.engine.safepoint import Range
 
+    began = time.monotonic()
     plan = prepare(po_path, pid)
     say(1, _describe_plan(plan))
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
@@ -62,7 +63,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     started = time.monotonic()
     with signals_held():
         record = _stop_and_commit(plan, proc, commit, ranges, config, leave_stopped, say,
-                                  started)
+                                  started, began)
     if not procfs.pid_exists(pid) or _exited(pid):
         raise TargetError(f"process {pid} exited while katana was applying the patch")
     return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
@@ -78,13 +79,14 @@ def _exited(pid: int) -> bool:
 
 
 def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
-                     leave_stopped: bool, say, started: float) -> Record:
+                     leave_stopped: bool, say, started: float, began: float) -> Record:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks)
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
-                            config.safe_point_retry_interval, checker=checker, say=say)
+                            config.safe_point_retry_interval, checker=checker, say=say,
+                            started=began)
         stopped_at = time.monotonic()
         plan.timings["safe point"] = stopped_at - started
         say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "

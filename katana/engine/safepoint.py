@@ -388,16 +388,18 @@ def _hint(busy: list[Busy]) -> str:
 
 def wait_for_safe_point(
     process: Process, ranges: list[Range], timeout: float, interval: float = 0.05, *,
-    checker: Checker | None = None, say: Say = _quiet,
+    checker: Checker | None = None, say: Say = _quiet, started: float | None = None,
 ) -> None:
     """Stop the process at a moment when no range is in use, trying until ``timeout`` seconds.
 
     On return the process is stopped (attached) at a safe point. Otherwise it is let go, running
-    as it was (every return hook removed), and BusyError names what stayed busy.
+    as it was (every return hook removed), and BusyError names what stayed busy. ``started``
+    (a time.monotonic() instant) is when the wait is counted from: the start of the apply, so
+    that its preparation counts against maxWaitForPatching too.
     """
     own = checker is None
     checker = checker or Checker(process.pid, ranges, say)
-    waiter = _Waiter(process, checker, timeout, interval, say)
+    waiter = _Waiter(process, checker, timeout, interval, say, started)
     try:
         waiter.run()
     finally:
@@ -409,10 +411,10 @@ def wait_for_safe_point(
 
 class _Waiter:
     def __init__(self, process: Process, checker: Checker, timeout: float, interval: float,
-                 say: Say) -> None:
+                 say: Say, started: float | None) -> None:
         self.process, self.checker, self.say = process, checker, say
         self.timeout, self.interval = timeout, interval
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self.deadline = self.started + timeout
         self.tty = sys.stderr.isatty()
 

@@ -84,6 +84,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("verbosity", "verbosity", _integer(0, 2), "an integer 0, 1 or 2"),
     _Key("flags.checkPtraceWrites", "check_ptrace_writes", _boolean, "true or false"),
     _Key("flags.leaveStopped", "leave_stopped", _boolean, "true or false"),
+    _Key("flags.returnHooks", "return_hooks", _boolean, "true or false"),
     _Key("trustedKeys", "trusted_keys", _strings, 'a list of strings, like ["a", "b"]'),
     _Key("requireSignature", "require_signature", _boolean, "true or false"),
 )
@@ -98,6 +99,7 @@ class Config:
     max_wait_for_patching: float = 5.0
     check_ptrace_writes: bool = False
     leave_stopped: bool = False
+    return_hooks: bool = True
     verbosity: int = 1
     safe_point_retry_interval: float = 0.05
     trusted_keys: tuple[str, ...] = ()

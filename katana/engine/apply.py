@@ -82,7 +82,8 @@ def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
                      leave_stopped: bool, say, started: float, began: float) -> Record:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
-    checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks)
+    checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
+                      return_hooks=config.return_hooks)
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval, checker=checker, say=say,

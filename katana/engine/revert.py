@@ -37,12 +37,16 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
 
 
 def _revert(proc: Process, record, records, ranges, config) -> None:
-    from katana.engine.safepoint import wait_for_safe_point
+    from katana.engine.safepoint import Checker, wait_for_safe_point
 
     base, size = record.region
     try:
-        wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
-                            config.safe_point_retry_interval)
+        checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks)
+        try:
+            wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
+                                config.safe_point_retry_interval, checker=checker)
+        finally:
+            checker.close()
         if [r.region for r in read_records(proc.pid)] != [r.region for r in records]:
             raise ApplyError(f"another katana patched or reverted process {proc.pid} meanwhile; "
                              "nothing was reverted", hint="see katana status, then try again")

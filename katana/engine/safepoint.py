@@ -174,13 +174,14 @@ class Checker:
     program's declared stacks."""
 
     def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
-                 declared: tuple[int, int] | None = None) -> None:
+                 declared: tuple[int, int] | None = None, return_hooks: bool = True) -> None:
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
         self.read = _MemReader(pid)
         self.cfi = ProcessCfi(pid, self.read)
         self.hooks = ReturnHooks(pid)
+        self.hooks.enabled &= return_hooks
         self.restorer = _find_restorer(self.read, procfs.read_maps(pid))
         self.switch_returns: set[int] = set()
         exe = procfs.exe_path(pid)

@@ -189,3 +189,34 @@ def test_checker_reads_cfi_before_the_stop(sleeper):
     finally:
         first.close()
         second.close()
+
+
+def _maps(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return [line.split()[0] for line in f]
+
+
+@PIE
+def test_sigaltstack_frame_is_followed(tmp_path, pie):
+    """A thread whose signal handler waits on the alternate signal stack, work() interrupted
+    below it on the ordinary stack: refused, naming work() as found through the signal frame;
+    the return hook set on work()'s frame is taken out again (no mapping of ours is left)."""
+    exes = build_scenario("sigaltstack_busy", tmp_path, pie=pie)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(exes["v0"].parent), str(exes["v1"].parent), "prog",
+           check=True)
+    config = tmp_path / "k.conf"
+    config.write_text("{maxWaitForPatching: 1}")
+    live = Live([str(exes["v0"])])
+    try:
+        live.wait_for(r"^tick \d+ signalled 1$", timeout=20)
+        before, maps = code_snapshot(live.pid), _maps(live.pid)
+        result = katana("-c", str(config), "apply", str(po), str(live.pid))
+        assert result.returncode == 10, result.stderr
+        assert re.search(r"work \(thread \d+, signal\)", result.stderr), result.stderr
+        mark = live.mark()
+        live.wait_for(r"^tick \d+ signalled 1$", after=mark, timeout=20)
+        assert code_snapshot(live.pid) == before
+        assert _maps(live.pid) == maps
+    finally:
+        live.kill()

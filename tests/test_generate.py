@@ -28,9 +28,10 @@ from katana.po import po_bytes, read_po  # noqa: E402
 
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
 CFLAGS = {"clone_rename": ("-fipa-cp-clone",)}  # as -O3 does: the scenario needs clones
-VERSIONS = {"stacked": ("v0", "v1", "v2")}
+VERSIONS = {"stacked": ("v0", "v1", "v2"), "never_returns": ("v0", "v1", "v2")}
 ALL_SCENARIOS = sorted(p.name for p in SCENARIOS.iterdir() if (p / "v0").is_dir())
-NO_CHANGE = {"line_only", "new_constructor"}  # no PO: no functional change / refused
+# no PO from v0 to v1: no functional change / refused
+NO_CHANGE = {"line_only", "new_constructor", "never_returns"}
 
 
 # -- variants: a scenario's v0 against a v1 edited here ------------------------------------------
@@ -640,3 +641,41 @@ def test_pointer_to_struct(scenario, pie):
 def test_new_constructor_is_refused(scenario, pie):
     with pytest.raises(GenerateError, match=r"main\.o: \.init_array"):
         scenario("new_constructor", pie).plan()
+
+
+# -- main never returns -------------------------------------------------------------------------
+
+@PIE
+def test_main_changed_is_refused(scenario, pie):
+    with pytest.raises(GenerateError, match=r"^main\.o: main changed \(its code differs\), and "
+                       r"main never returns while the program runs") as refused:
+        scenario("never_returns", pie).plan()
+    assert "function main calls" in refused.value.hint
+
+
+@PIE
+def test_thread_routine_that_never_returns_is_generated(scenario, pie):
+    # serve() never returns either, but whether it is busy is the engine's to find out: the
+    # patch is made
+    po = scenario("never_returns", pie).plan("v0", "v2")
+    assert functions(po) == {"serve": ("changed", "main.o", None)}
+    assert safety(po) == {"serve"}
+
+
+def _main_reads_hits(src):
+    # main's own code stays the same (hits keeps offset 0), but it reads stats, which grows
+    return src.replace("usleep(20000);", "usleep(20000 + stats.hits % 2);")
+
+
+@PIE
+def test_main_reading_a_moved_variable_is_refused(tmp_path, pie):
+    for version in ("v0", "v1"):
+        src = tmp_path / f"src-{version}"
+        src.mkdir()
+        text = (SCENARIOS / "struct_grows" / version / "main.c").read_text()
+        (src / "main.c").write_text(_main_reads_hits(text))
+        build_version(src, tmp_path / version, pie=pie)
+    with pytest.raises(GenerateError, match=r"^main\.o: main changed \(it reads stats, whose "
+                       r"layout changes\), and main never returns"):
+        build_patch(load_tree(tmp_path / "v0", "prog"), load_tree(tmp_path / "v1", "prog"),
+                    "prog")

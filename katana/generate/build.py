@@ -34,6 +34,10 @@ class Closure:
     pending: list[tuple[ObjectPair, ObjSection]] = field(default_factory=list)
     added_vars: set[Origin] = field(default_factory=set)  # new storage (added or transformed)
     included_funcs: set[Origin] = field(default_factory=set)
+    # why each function of the safety set is there, keyed as its FunctionRef ((name, file of a
+    # static) -> [(object, reason as a user reads it)]), so that a refusal can say what changed
+    safety_reasons: dict[tuple[str, str | None], list[tuple[str, str]]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pairs = {p.relpath: p for p in self.diff.pairs}

@@ -36,8 +36,11 @@ def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:
             partner = pair.partner.get(index)
             old_size, old_code = _old_function(exe, pair, partner) if partner else (0, b"")
             if partner is not None and old_code:
-                meta.safety.append(FunctionRef(partner.name, pair.old.file_name if partner.local
-                                               else None, partner.local))
+                ref = FunctionRef(partner.name, pair.old.file_name if partner.local else None,
+                                  partner.local)
+                meta.safety.append(ref)
+                closure.safety_reasons.setdefault((ref.name, ref.file), []).append(
+                    (pair.relpath, "its code differs"))
             if _is_child(fn.name):
                 continue  # never an entry point: reached only through its parent
             status = "changed" if partner is not None and old_code else "added"
@@ -46,11 +49,23 @@ def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:
                 pair.new.file_name if fn.local else None,
                 partner.name if partner is not None and partner.name != fn.name else None,
                 old_code))
-            if normalize_name(fn.name) == "main" and status == "changed":
-                meta.warnings.append(
-                    f"{pair.relpath}: main() changed; main is on the stack for the whole life of "
-                    "the process, so this patch can never find a safe point. Move the change into "
-                    "a function main calls (the katana tool keeps such callees out of line).")
+
+
+def _refuse_main(closure: Closure, meta: Meta) -> None:
+    """A patch whose safety set holds ``main`` waits for main to leave every stack, which it
+    does only when the program ends: refuse it here rather than let every apply time out."""
+    # only the global main is the program's entry point, on the stack for the whole run (a
+    # static function of that name is an ordinary function)
+    if not any(ref.name == "main" and not ref.local for ref in meta.safety):
+        return
+    reasons = closure.safety_reasons.get(("main", None)) or [("", "its code or data changed")]
+    where = ", ".join(dict.fromkeys(obj for obj, _ in reasons if obj))
+    what = "; ".join(dict.fromkeys(text for _, text in reasons))
+    raise GenerateError(
+        f"{where + ': ' if where else ''}main changed ({what}), and main never returns while the "
+        "program runs: a patch that replaces it can never be applied",
+        hint="move the change into a function main calls (the katana SCons tool keeps such "
+             "callees out of line), or restart the program for this change")
 
 
 def _warnings(diff: Diff, meta: Meta) -> None:
@@ -125,6 +140,7 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     meta.variables = variables + added_variables(closure, variables)
     closure.run()
     meta.safety = list({(f.name, f.file): f for f in meta.safety}.values())
+    _refuse_main(closure, meta)
     if any(v.status == "transformed" for v in meta.variables) and not exe.has_emitted_relocs:
         raise BuildError(f"{old.executable} was linked without --emit-relocs: the references to "
                          "the variables whose layout changes cannot be found",

@@ -72,8 +72,11 @@ def plan_variables(closure: Closure, meta: Meta) -> list[VariablePatch]:
                     var.name, pair.relpath, "transformed", closure.defined(pair, var), old.size,
                     var.size, root, var.local, file, old_name))
                 for fn in _referencing_functions(pair, old):
-                    meta.safety.append(FunctionRef(fn.name, pair.old.file_name if fn.local
-                                                   else None, fn.local))
+                    ref = FunctionRef(fn.name, pair.old.file_name if fn.local else None,
+                                      fn.local)
+                    meta.safety.append(ref)
+                    closure.safety_reasons.setdefault((ref.name, ref.file), []).append(
+                        (pair.relpath, f"it reads {old.name}, whose layout changes"))
             elif var.index in pair.changed_data:
                 result.append(VariablePatch(var.name, pair.relpath, "kept", None, old.size,
                                             var.size, None, var.local, file, old_name))

@@ -26,7 +26,7 @@ from katana.elf.relocs import (
 from katana.elf.symtab import STT_TLS
 from katana.engine import procfs
 from katana.engine.loader import Layout, plan_layout
-from katana.engine.record import Record, Site, key, read_records
+from katana.engine.record import Audit, Record, Site, key, read_records
 from katana.errors import ApplyError, MismatchError
 from katana.po import load_po
 from katana.po.model import PatchObject, Symbol, VariablePatch
@@ -69,6 +69,7 @@ class Plan:
     safety: list[tuple[int, int, str]] = field(default_factory=list)
     transfers: list[tuple[VariablePatch, int, list[Reference]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    audit: Audit | None = None  # who applies it, kept in the record
 
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
@@ -226,13 +227,13 @@ def _plan_transfers(plan: Plan) -> None:
         plan.transfers.append((v, old, refs))
 
 
-def prepare(po_path: Path, pid: int) -> Plan:
+def prepare(po_path: Path, pid: int, audit: Audit | None = None) -> Plan:
     """Verify and plan; nothing is stopped or written yet."""
     started = time.monotonic()
     po, sha, records = verify(po_path, pid)
     exe = open_executable(f"/proc/{pid}/exe")
     bias = procfs.load_bias(pid) if exe.pie else 0
-    plan = Plan(pid, po, sha, records, exe, bias)
+    plan = Plan(pid, po, sha, records, exe, bias, audit=audit)  # before the record is sized
     _resolve_externals(plan)
     _plan_redirects(plan)
     _plan_safety(plan)
@@ -266,6 +267,7 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
     rec.sites = sites
+    rec.audit = plan.audit
     rec.refs = _data_references(plan, base)
     rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
     rec.revertible = not any(v.status == "transformed" for v in m.variables)

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from katana.errors import TargetError
 
 MAGIC = b"KATANA\x00\x01"
-HEADER = struct.Struct("<8sII")  # magic, JSON length, reserved
+# magic, JSON length, audit JSON length. The audit (who applied it) came later, in its own JSON
+# after the record's, its length in a field that used to be 0: a katana that predates it reads
+# the record as before, and a record without an audit reads as one whose audit is unknown.
+HEADER = struct.Struct("<8sII")
 
 
 def key(name: str, file: str | None) -> str:
@@ -41,6 +44,24 @@ class Site:
 
 
 @dataclass
+class Audit:
+    """Who applied a patch, when, from which file, and who signed it (docs/configuration.md)."""
+
+    uid: int
+    user: str
+    time: str  # UTC, ISO 8601
+    po_path: str
+    po_sha256: str
+    signer: str  # key id, or "unsigned"
+    trusted: bool  # the signer's key was one of trustedKeys
+
+    @classmethod
+    def from_json(cls, d: dict) -> Audit:
+        return cls(int(d["uid"]), str(d["user"]), str(d["time"]), str(d["po_path"]),
+                   str(d["po_sha256"]), str(d["signer"]), bool(d["trusted"]))
+
+
+@dataclass
 class Record:
     program: str
     from_label: str
@@ -58,19 +79,22 @@ class Record:
     # variable key -> [[site, R_X86_64 type, field size, offset in the variable, in code?]]
     refs: dict[str, list[list]] = field(default_factory=dict)
     revertible: bool = True
+    audit: Audit | None = None  # None: applied by a katana that kept no audit
 
     def encode(self) -> bytes:
         body = dict(self.__dict__)
         body["sites"] = [s.to_json() for s in self.sites]
+        audit = body.pop("audit")
         raw = json.dumps(body, sort_keys=True).encode()
-        return HEADER.pack(MAGIC, len(raw), 0) + raw
+        extra = json.dumps(audit.__dict__, sort_keys=True).encode() if audit else b""
+        return HEADER.pack(MAGIC, len(raw), len(extra)) + raw + extra
 
     @classmethod
     def decode(cls, header: bytes, read_rest) -> Record | None:
         """A record from a region's first bytes, or None when the region is not katana's."""
         if len(header) < HEADER.size:
             return None
-        magic, length, _ = HEADER.unpack_from(header)
+        magic, length, audit_length = HEADER.unpack_from(header)
         if magic != MAGIC:
             return None
         try:
@@ -78,6 +102,10 @@ class Record:
             body["sites"] = [Site.from_json(s) for s in body["sites"]]
             body["region"] = tuple(body["region"])
             body["extra_regions"] = [tuple(r) for r in body.get("extra_regions", [])]
+            body.pop("audit", None)  # only ever in its own JSON
+            if audit_length:
+                body["audit"] = Audit.from_json(
+                    json.loads(read_rest(HEADER.size + length, audit_length)))
             return cls(**body)
         except (ValueError, KeyError, TypeError) as e:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e

@@ -8,6 +8,7 @@ the patch's own functions (new code) plus everything it redirected.
 from __future__ import annotations
 
 from katana.engine import inject
+from katana.engine.audit import audit_line, log_event, revert_audit
 from katana.engine.process import Process, signals_held
 from katana.engine.record import read_records
 from katana.errors import ApplyError, KatanaError
@@ -31,6 +32,7 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     with signals_held():
         _revert(proc, record, records, ranges, config)
+    log_event(audit_line("revert", pid, record, revert_audit(record)), config)
     if verbosity:
         print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
     return 0

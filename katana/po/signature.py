@@ -114,14 +114,16 @@ def load_private_key(path: str | Path):
 
     path = Path(path)
     raw = _read_key_file(path, "private key")
-    check_private_mode(path)
     try:
         key = load_pem_private_key(raw, password=None)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path} is not an unencrypted PEM private key ({e})",
-                           hint="give the NAME.key that katana keygen wrote") from None
+    except (ValueError, TypeError):
+        hint = "that is a public key: give NAME.key" if b"PUBLIC KEY" in raw else \
+            "give the NAME.key that katana keygen wrote"
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key",
+                           hint=hint) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    check_private_mode(path)
     return key
 
 
@@ -138,10 +140,10 @@ def load_public_key(path: str | Path) -> bytes:
     raw = _read_key_file(path, "public key")
     try:
         key = load_pem_public_key(raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError):
         hint = "that is a private key: give NAME.pub" if b"PRIVATE KEY" in raw else \
             "give the NAME.pub that katana keygen wrote"
-        raise KeyFileError(f"{path} is not a PEM public key ({e})", hint=hint) from None
+        raise KeyFileError(f"{path} is not a PEM public key", hint=hint) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)

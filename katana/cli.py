@@ -141,12 +141,17 @@ def _list_config(args: argparse.Namespace, config):
 
 def _cmd_list(args: argparse.Namespace, config) -> int:
     from katana.engine.trust import describe, describe_text
+    from katana.errors import KeyFileError
     from katana.po import load_po
     from katana.view import render_json, render_text
 
     po = load_po(args.patch)
     config = _list_config(args, config)
-    signature = describe(args.patch, config, extra_keys=None if config else {})
+    try:
+        signature = describe(args.patch, config, extra_keys=None if config else {})
+    except KeyFileError as e:  # a broken trustedKeys entry hides the trust, not the listing
+        print(f"katana: warning: trust not shown: {e.message}", file=sys.stderr)
+        signature = describe(args.patch, config, extra_keys={})
     if args.json:
         print(json.dumps(render_json(po, signature=signature), indent=2))
     else:

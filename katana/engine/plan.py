@@ -28,8 +28,8 @@ from katana.engine import procfs
 from katana.engine.loader import Layout, plan_layout
 from katana.engine.record import Audit, Record, Site, key, read_records
 from katana.errors import ApplyError, MismatchError
-from katana.po import load_po
 from katana.po.model import PatchObject, Symbol, VariablePatch
+from katana.po.reader import read_po, read_po_bytes
 
 JMP_REL32 = 0xE9
 JMP_SIZE = 5
@@ -74,8 +74,10 @@ class Plan:
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
-    po = load_po(po_path)
-    sha = hashlib.sha256(Path(po_path).read_bytes()).hexdigest()  # load_po: it is readable
+    # one read: the bytes loaded are the bytes hashed, which the signature policy checked
+    data = read_po_bytes(po_path)
+    po = read_po(data, str(po_path))
+    sha = hashlib.sha256(data).hexdigest()
     procfs.check_process(pid)
     records = read_records(pid)
     for record in records:

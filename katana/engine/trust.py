@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from katana.errors import FormatError, KeyFileError, SignatureError
+from katana.errors import KeyFileError, SignatureError
+from katana.po.reader import read_po_bytes
 from katana.po.signature import (
     Signature,
     key_id,
@@ -56,13 +57,6 @@ class Trust:
         if sha256 != self.po_sha256:
             raise SignatureError(f"{po_path} changed while katana was reading it; nothing was "
                                  "applied", hint="try again once the file is written whole")
-
-
-def _read_po_bytes(po_path: Path) -> bytes:
-    try:
-        return Path(po_path).read_bytes()
-    except OSError as e:
-        raise FormatError(f"cannot read {po_path}: {e.strerror}") from None
 
 
 def _resolve(entry: str, source: str | None) -> Path:
@@ -120,7 +114,7 @@ def check_policy(po_path: Path, config, warn: Warn = _stderr) -> Trust:
     """Apply the signature policy to a PO file; raise SignatureError if it is refused."""
     import hashlib
 
-    data = _read_po_bytes(po_path)
+    data = read_po_bytes(po_path)
     sig = read_signature(po_path)
     if sig is not None:
         return _check_signed(po_path, data, sig, config, warn)
@@ -145,7 +139,7 @@ def describe(po_path: Path, config, extra_keys: dict[str, Path] | None = None,
     if sig is None:
         return out
     out.update(signed=True, key_id=sig.key_id,
-               valid=signature_valid(sig, _read_po_bytes(po_path)))
+               valid=signature_valid(sig, read_po_bytes(po_path)))
     keys = dict(extra_keys) if extra_keys is not None else trusted_keys(config, warn)
     match = keys.get(sig.key_id)
     out.update(trusted=bool(out["valid"]) and match is not None,

@@ -139,6 +139,25 @@ def test_list_shows_the_signer(built, tmp_path):
     assert data["signature"]["trusted"] is True and data["signature"]["valid"] is True
 
 
+def test_trusted_keys_that_are_missing_or_writable_by_others(built, tmp_path):
+    _trees, po, keys = built
+    po = _copy(po, tmp_path)
+    _sign(po, keys / "ops.key")
+    conf = tmp_path / "k.conf"
+    conf.write_text("{trustedKeys: [nowhere.pub]}")
+    missing = katana("-c", str(conf), "verify", str(po))
+    assert missing.returncode == 13 and "Traceback" not in missing.stderr
+    assert f"trustedKeys (set in {conf}): public key {tmp_path / 'nowhere.pub'} does not " \
+        "exist" in missing.stderr
+    writable = tmp_path / "ops.pub"
+    writable.write_bytes((keys / "ops.pub").read_bytes())
+    writable.chmod(0o666)
+    conf.write_text("{trustedKeys: [ops.pub]}")
+    result = katana("-c", str(conf), "verify", str(po))
+    assert result.returncode == 0 and "good signature" in result.stdout
+    assert f"warning: trusted key {writable} is writable by others (mode 0666)" in result.stderr
+
+
 def test_help_lists_the_new_exit_codes():
     out = katana("--help", check=True).stdout
     assert "12  refused: unsigned" in out and "13  key file" in out

@@ -345,6 +345,18 @@ def test_trusted_key_applied_and_audited(built, tmp_path, audit_socket):
         (line,) = audit_socket.lines()
         assert f"]: revert pid={live.pid} program=prog from=v1 to=v0 " in line
         assert f"sha256={sha}" in line and f"signer={key_id}" in line
+        # ... and in the process: the record stays behind, marked reverted, saying by whom
+        status = json.loads(katana("status", "--json", str(live.pid), check=True).stdout)
+        assert status["patches"] == []
+        (gone,) = status["reverted"]
+        assert gone["audit"] == audit and gone["po_sha256"] == sha
+        assert gone["reverted_by"]["uid"] == os.getuid()
+        assert gone["reverted_by"]["time"] > audit["time"]
+        text = katana("status", str(live.pid), check=True).stdout
+        assert "reverted: prog v0 -> v1 by " in text and "no katana patches applied" in text
+        # applying it again is allowed: a reverted patch is not an applied one
+        katana("-c", str(conf), "apply", str(po), str(live.pid), check=True)
+        assert _runs_v1(live)
     finally:
         live.kill()
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from katana.elf.buildid import read_build_id
-from katana.engine.record import Audit, read_records
+from katana.engine.record import REVERTED_MAGIC, Audit, Record, read_records
 from katana.errors import TargetError
 from katana.po.signature import short_id
 
@@ -27,8 +27,16 @@ def _audit_text(audit: Audit | None) -> str:
             f"(sha256 {audit.po_sha256[:16]}), {signer}")
 
 
+def _reverted_text(r: Record) -> str:
+    by = r.reverted
+    who = f"by {by.user} (uid {by.uid}) at {by.time}" if by else "by an unknown user"
+    return f"  reverted: {r.program} {r.from_label} -> {r.to_label} {who}"
+
+
 def status_command(pid: int, as_json: bool = False) -> int:
     records = read_records(pid)
+    reverted = sorted(read_records(pid, REVERTED_MAGIC),
+                      key=lambda r: r.reverted.time if r.reverted else "")
     try:
         exe_id = read_build_id(f"/proc/{pid}/exe")
     except OSError as e:
@@ -40,9 +48,15 @@ def status_command(pid: int, as_json: bool = False) -> int:
              "po_sha256": r.po_sha256, "applied_at": r.applied_at, "region": list(r.region),
              "functions": sorted(r.functions), "revertible": r.revertible,
              "audit": _audit_json(r.audit)}
-            for r in records]}, indent=2))
+            for r in records], "reverted": [
+            {"program": r.program, "from": r.from_label, "to": r.to_label,
+             "po_sha256": r.po_sha256, "audit": _audit_json(r.audit),
+             "reverted_by": _audit_json(r.reverted)}
+            for r in reverted]}, indent=2))
         return 0
     print(f"process {pid}: executable build-id {exe_id}")
+    for r in reverted:  # history first: what is applied now ends the report
+        print(_reverted_text(r))
     if not records:
         print("  no katana patches applied")
         return 0

@@ -26,9 +26,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}", hint=f"see '{self.prog} --help'")
 
 
+_EXIT_CODES = """\
+exit codes:
+  0   success                              8   target process missing or not traceable
+  2   usage error                          9   the patch is for another build
+  3   configuration error                  10  no safe point within maxWaitForPatching
+  4   build does not meet patching's needs 11  applying or reverting failed, all undone
+  5   the trees cannot make a patch        12  refused: unsigned, changed after signing,
+  6   no functional change                     or signed by an untrusted key
+  7   damaged or unknown Patch Object      13  key file missing, damaged or unprotected
+  70  a bug in katana (run with -v and report the trace)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="katana", description="Hot patches as build artifacts: generate a Patch "
-                "Object from two builds, look inside it, apply it to a running process.")
+                "Object from two builds, look inside it, apply it to a running process.",
+                epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"katana {__version__}")
     p.add_argument("-c", "--config", metavar="FILE", type=Path,
                    help="configuration file read after /etc/katana, ~/.katana, "
@@ -65,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("revert", help="undo the most recent patch applied to a process")
     r.add_argument("pid", type=int, metavar="PID")
+
+    k = sub.add_parser("keygen", help="make an Ed25519 key pair: NAME.key (private, mode "
+                       "0600) and NAME.pub")
+    k.add_argument("name", type=Path, metavar="NAME")
+
+    sg = sub.add_parser("sign", help="sign a Patch Object: writes PATCH.sig")
+    sg.add_argument("patch", type=Path, metavar="PATCH")
+    sg.add_argument("--key", type=Path, required=True, metavar="NAME.key",
+                    help="the private key")
+
+    v = sub.add_parser("verify", help="check a Patch Object's signature against --key or "
+                       "the configured trustedKeys")
+    v.add_argument("patch", type=Path, metavar="PATCH")
+    v.add_argument("--key", type=Path, action="append", metavar="NAME.pub",
+                   help="a public key to accept (instead of trustedKeys); may be repeated")
     return p
 
 
@@ -98,15 +127,84 @@ def _cmd_generate(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def _list_config(args: argparse.Namespace, config):
+    """The configuration for ``list``'s trust line; a broken file only hides the trust."""
+    from katana.config import load_config
+
+    if args.config is not None:  # main read it already
+        return config
+    try:
+        return load_config()
+    except KatanaError as e:
+        print(f"katana: warning: trust not shown: {e.message}", file=sys.stderr)
+        return None
+
+
 def _cmd_list(args: argparse.Namespace, config) -> int:
+    from katana.engine.trust import describe, describe_text
+    from katana.errors import KeyFileError
     from katana.po import load_po
     from katana.view import render_json, render_text
 
     po = load_po(args.patch)
+    config = _list_config(args, config)
+    try:
+        signature = describe(args.patch, config, extra_keys=None if config else {})
+    except KeyFileError as e:  # a broken trustedKeys entry hides the trust, not the listing
+        print(f"katana: warning: trust not shown: {e.message}", file=sys.stderr)
+        signature = describe(args.patch, config, extra_keys={})
     if args.json:
-        print(json.dumps(render_json(po), indent=2))
+        print(json.dumps(render_json(po, signature=signature), indent=2))
     else:
-        print(render_text(po, disasm=args.disasm), end="")
+        print(render_text(po, disasm=args.disasm, signature=describe_text(signature)), end="")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace, config) -> int:
+    from katana.po.signature import generate_key_pair, short_id
+
+    private, public, full_id = generate_key_pair(args.name)
+    print(f"key {short_id(full_id)}: {private} (private, mode 0600: keep it secret), "
+          f"{public} (public: list it in trustedKeys)")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace, config) -> int:
+    from katana.errors import FormatError
+    from katana.po import read_po
+    from katana.po.signature import short_id, sign_bytes, write_signature
+
+    try:
+        data = args.patch.read_bytes()
+    except OSError as e:
+        raise FormatError(f"cannot read {args.patch}: {e.strerror}") from None
+    read_po(data, str(args.patch))  # never vouch for a file katana would refuse to apply
+    signature = sign_bytes(data, args.key)
+    path = write_signature(args.patch, signature)
+    print(f"{args.patch}: signed by key {short_id(signature.key_id)}: {path}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, config) -> int:
+    from katana.engine.trust import describe
+    from katana.errors import SignatureError
+    from katana.po.signature import key_id, load_public_key, short_id, sig_path
+
+    keys = None if args.key is None else {key_id(load_public_key(k)): k for k in args.key}
+    info = describe(args.patch, config, extra_keys=keys)
+    whose = "the --key given" if keys is not None else "trustedKeys"
+    if not info["signed"]:
+        raise SignatureError(f"{args.patch} is not signed (no {sig_path(args.patch).name})")
+    if info["error"]:
+        raise SignatureError(str(info["error"]))
+    short = short_id(str(info["key_id"]))
+    if not info["valid"]:
+        raise SignatureError(f"{args.patch} changed after it was signed by key {short}: BAD "
+                             "signature")
+    if not info["trusted"]:
+        raise SignatureError(f"{args.patch}: good signature by key {short}, but that key is "
+                             f"not in {whose}")
+    print(f"{args.patch}: good signature by key {short} ({info['trusted_key']})")
     return 0
 
 
@@ -142,9 +240,10 @@ def _cmd_revert(args: argparse.Namespace, config) -> int:
     return revert_command(args.pid, config, verbosity=0 if args.quiet else 1 + args.verbose)
 
 
-_CONFIGURED = {"config", "apply", "revert"}
+_CONFIGURED = {"config", "apply", "revert", "verify"}
 _COMMANDS = {"config": _cmd_config, "generate": _cmd_generate, "list": _cmd_list,
-             "apply": _cmd_apply, "status": _cmd_status, "revert": _cmd_revert}
+             "apply": _cmd_apply, "status": _cmd_status, "revert": _cmd_revert,
+             "keygen": _cmd_keygen, "sign": _cmd_sign, "verify": _cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

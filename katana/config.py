@@ -62,6 +62,12 @@ def _boolean(value: object) -> object:
     return value
 
 
+def _string(value: object) -> object:
+    if not isinstance(value, str) or not value:
+        raise _Invalid
+    return value
+
+
 def _strings(value: object) -> object:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _Invalid
@@ -87,6 +93,8 @@ _KEYS: tuple[_Key, ...] = (
     _Key("flags.returnHooks", "return_hooks", _boolean, "true or false"),
     _Key("trustedKeys", "trusted_keys", _strings, 'a list of strings, like ["a", "b"]'),
     _Key("requireSignature", "require_signature", _boolean, "true or false"),
+    _Key("auditLog", "audit_log", _string,
+         "syslog, off, or the path of a Unix datagram socket or of a file"),
 )
 _KEY_BY_NAME = {key.dotted: key for key in _KEYS}
 _GROUPS = frozenset(key.dotted.rsplit(".", 1)[0] for key in _KEYS if "." in key.dotted)
@@ -104,6 +112,7 @@ class Config:
     safe_point_retry_interval: float = 0.05
     trusted_keys: tuple[str, ...] = ()
     require_signature: bool = False
+    audit_log: str = "syslog"
     # dotted key -> the file that set it; a key that no file set is absent (its source is "default")
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     warnings: tuple[str, ...] = ()

@@ -82,6 +82,19 @@ class ApplyError(KatanaError):
     exit_code = 11
 
 
+class SignatureError(KatanaError):
+    """A Patch Object was refused on trust: unsigned where a signature is required, changed
+    after it was signed, or signed by a key that is not trusted. Nothing was touched."""
+
+    exit_code = 12
+
+
+class KeyFileError(KatanaError):
+    """A signing or trusted key file is missing, unreadable, damaged or not protected."""
+
+    exit_code = 13
+
+
 INTERNAL_ERROR_EXIT = 70
 
 

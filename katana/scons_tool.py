@@ -49,6 +49,8 @@ _VARIABLE_HELP = [
     ("VERSION", "release to snapshot: scons release VERSION=v1"),
     ("FROM", "release a patch starts from: scons patch FROM=v0 TO=v1"),
     ("TO", "release a patch leads to: scons patch FROM=v0 TO=v1"),
+    ("SIGN_KEY", "private key that signs each patch written (PATCH.sig): "
+                 "scons patch FROM=v0 TO=v1 SIGN_KEY=ci.key"),
 ]
 
 
@@ -233,6 +235,7 @@ def _command_line(env) -> None:
     variables = _variables()
     variables.Update(env)
     args = {key: SCons.Script.ARGUMENTS.get(key) for key in ("VERSION", "FROM", "TO")}
+    sign_key = SCons.Script.ARGUMENTS.get("SIGN_KEY")
     state = env.fs.Top.attributes.__dict__
     if state.get("katana_command_line"):
         return
@@ -253,13 +256,16 @@ def _command_line(env) -> None:
     if args["VERSION"]:
         _declare_release(env, args["VERSION"], bool(env["FORCE"]))
     if "patch" in targets:
-        _declare_patches(env, args["FROM"], args["TO"])
+        # relative to where scons was started (-C/-u may change directory), as a user means it
+        key = os.path.join(SCons.Script.GetLaunchDir(), sign_key) if sign_key else None
+        _declare_patches(env, args["FROM"], args["TO"], key)
 
 
 _HELP = """
 Katana (hot patches):
     scons release VERSION=v1      build the programs, snapshot them into releases/v1/
     scons patch FROM=v0 TO=v1     write patches/<program>-v0-v1.po from two snapshots
+    scons patch FROM=v0 TO=v1 SIGN_KEY=ci.key   ... and sign each (patches/*.po.sig)
 """
 
 
@@ -334,10 +340,22 @@ def _load_release(env, version: str) -> Snapshot:
         raise _user_error(_describe(e)) from None
 
 
-def _declare_patches(env, old_version: str, new_version: str) -> None:
+def _check_sign_key(path: str) -> None:
+    """Refuse a SIGN_KEY that cannot sign before anything is generated (one line, exit 2)."""
+    from katana.po.signature import load_private_key
+
+    try:
+        load_private_key(path)
+    except KatanaError as e:
+        raise _user_error(f"SIGN_KEY: {_describe(e)}") from None
+
+
+def _declare_patches(env, old_version: str, new_version: str, sign_key: str | None) -> None:
     if old_version == new_version:
         raise _user_error(f"FROM and TO are both {old_version}: a patch needs two releases")
     old, new = _load_release(env, old_version), _load_release(env, new_version)
+    if sign_key:
+        _check_sign_key(sign_key)
     for program in old.program_names():
         if program not in new.program_names():
             print(f"katana: {program} is in release {old_version} but not in {new_version}: "
@@ -346,11 +364,14 @@ def _declare_patches(env, old_version: str, new_version: str) -> None:
         sources = [old.root / MANIFEST, new.root / MANIFEST]
         for snapshot in (old, new):
             sources += [snapshot.executable(program), *snapshot.objects(program)]
+        po = f"$KATANA_PATCHES/{program}-{old_version}-{new_version}.po"
+        # the .sig is a target, so that scons -c removes it with its PO; the key's path is in
+        # the action's varlist (not its bytes among the sources: .sconsign would keep their hash)
         node = env.KatanaPatch(
-            f"$KATANA_PATCHES/{program}-{old_version}-{new_version}.po", [str(s) for s in sources],
+            [po, po + ".sig"] if sign_key else po, [str(s) for s in sources],
             KATANA_PATCH_PROGRAM=program, KATANA_PATCH_OLD=str(old.root),
             KATANA_PATCH_NEW=str(new.root), KATANA_PATCH_FROM=old_version,
-            KATANA_PATCH_TO=new_version)
+            KATANA_PATCH_TO=new_version, KATANA_SIGN_KEY=sign_key or "")
         env.Alias("patch", node)
 
 
@@ -371,7 +392,27 @@ def _patch_action(target, source, env) -> int:
         raise _error(target, e) from None
     for line in summary.lines():
         print(line)
+    _sign(target, env)
     return 0
+
+
+def _sign(target, env) -> None:
+    """Sign the PO just written with SIGN_KEY; or remove a signature a key signed before."""
+    from katana.po.signature import short_id, sig_path, sign_bytes, write_signature
+
+    po = Path(target[0].get_abspath())
+    key = env.get("KATANA_SIGN_KEY")
+    if not key:
+        # a signature of an earlier PO of that name would make this one look tampered with
+        sig_path(po).unlink(missing_ok=True)
+        return
+    try:
+        signature = sign_bytes(po.read_bytes(), key)
+        write_signature(po, signature)
+    except KatanaError as e:
+        po.unlink(missing_ok=True)  # CI must not publish the PO unsigned
+        raise _error(target, e) from None
+    print(f"katana: {target[0]} signed by key {short_id(signature.key_id)}")
 
 
 def _describe(error: KatanaError) -> str:
@@ -387,7 +428,8 @@ def _error(target, error: KatanaError) -> SCons.Errors.BuildError:
 _release = SCons.Action.Action(_release_action, "$KATANA_RELEASECOMSTR")
 _patch = SCons.Action.Action(_patch_action, "$KATANA_PATCHCOMSTR",
                              varlist=["KATANA_PATCH_PROGRAM", "KATANA_PATCH_OLD",
-                                      "KATANA_PATCH_NEW", "KATANA_PATCH_FROM", "KATANA_PATCH_TO"])
+                                      "KATANA_PATCH_NEW", "KATANA_PATCH_FROM", "KATANA_PATCH_TO",
+                                      "KATANA_SIGN_KEY"])
 _patch_builder = SCons.Builder.Builder(
     action=SCons.Action.Action("$KATANA_PATCHCOM", "$KATANA_PATCHCOMSTR"), suffix=".po")
 

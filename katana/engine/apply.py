@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from katana.engine import procfs
+from katana.engine.audit import audit_line, log_event, new_audit
 from katana.engine.commit import Commit
 from katana.engine.plan import Plan, prepare
 from katana.engine.process import Process, signals_held
 from katana.engine.record import Record
+from katana.engine.trust import Trust, check_policy
 from katana.errors import ApplyError, KatanaError, TargetError
 
 
@@ -48,14 +50,19 @@ def _describe_plan(plan: Plan) -> str:
 
 
 def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
-                say: Callable[[int, str], None] = _quiet) -> Result:
+                say: Callable[[int, str], None] = _quiet, trust: Trust | None = None) -> Result:
     """Apply a PO to process ``pid``; on any failure the process is left as it was.
 
-    ``say(level, text)`` hears of each phase (level 1) and of details (level 2)."""
+    ``say(level, text)`` hears of each phase (level 1) and of details (level 2). ``trust`` is
+    what ``check_policy`` said of the file (checked here when not given)."""
     from katana.engine.safepoint import Range
 
     began = time.monotonic()
-    plan = prepare(po_path, pid)
+    # the signature policy comes before anything reads, attaches to or stops the process
+    trust = trust or check_policy(po_path, config)
+    audit = new_audit(po_path, trust.po_sha256, trust.signer, trust.trusted)
+    plan = prepare(po_path, pid, audit)
+    trust.confirm(po_path, plan.po_sha256)
     say(1, _describe_plan(plan))
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
@@ -66,6 +73,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
                                   started, began)
     if not procfs.pid_exists(pid) or _exited(pid):
         raise TargetError(f"process {pid} exited while katana was applying the patch")
+    log_event(audit_line("apply", pid, record, audit), config)
     return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
                   plan.timings)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.engine.apply import apply_patch
-from katana.errors import KatanaError, MismatchError, TargetError, UsageError
+from katana.engine.audit import log_event, refusal_line
+from katana.engine.trust import check_policy
+from katana.errors import KatanaError, MismatchError, SignatureError, TargetError, UsageError
 from katana.po import load_po
 
 
@@ -47,18 +49,25 @@ def _targets(patch: Path, pids: list[str]) -> list[int]:
 def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = False,
                   verbosity: int = 1) -> int:
     """Apply ``patch`` to each target; print one line per process and a summary for several."""
+    # once, before any process is even looked for: a refused PO is one error, not one per target
+    try:
+        trust = check_policy(patch, config)
+    except SignatureError as e:
+        log_event(refusal_line(patch, e.message), config)
+        raise
     targets = _targets(patch, pids)
     if not targets:
         raise TargetError("no running process runs the patch's program",
                           hint="check with ps, or give the process ids")
     if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
         _report(apply_patch(patch, targets[0], config, leave_stopped,
-                            _teller(targets[0], verbosity)), verbosity)
+                            _teller(targets[0], verbosity), trust), verbosity)
         return 0
     patched, skipped, failed, code = 0, 0, 0, 0
     for pid in targets:
         try:
-            result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, verbosity))
+            result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, verbosity),
+                                 trust)
         except MismatchError as e:  # another build, or already patched: not a failure
             skipped += 1
             print(f"katana: {pid}: skipped: {e.message}", file=sys.stderr)

@@ -26,10 +26,10 @@ from katana.elf.relocs import (
 from katana.elf.symtab import STT_TLS
 from katana.engine import procfs
 from katana.engine.loader import Layout, plan_layout
-from katana.engine.record import Record, Site, key, read_records
+from katana.engine.record import Audit, Record, Site, key, read_records
 from katana.errors import ApplyError, MismatchError
-from katana.po import load_po
 from katana.po.model import PatchObject, Symbol, VariablePatch
+from katana.po.reader import read_po, read_po_bytes
 
 JMP_REL32 = 0xE9
 JMP_SIZE = 5
@@ -71,12 +71,15 @@ class Plan:
     timings: dict[str, float] = field(default_factory=dict)
     # (katana_stacks, katana_nstacks): where the program declares its coroutine stacks
     declared_stacks: tuple[int, int] | None = None
+    audit: Audit | None = None  # who applies it, kept in the record
 
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
-    po = load_po(po_path)
-    sha = hashlib.sha256(Path(po_path).read_bytes()).hexdigest()  # load_po: it is readable
+    # one read: the bytes loaded are the bytes hashed, which the signature policy checked
+    data = read_po_bytes(po_path)
+    po = read_po(data, str(po_path))
+    sha = hashlib.sha256(data).hexdigest()
     procfs.check_process(pid)
     records = read_records(pid)
     for record in records:
@@ -234,13 +237,13 @@ def _plan_declared_stacks(plan: Plan) -> None:
         plan.declared_stacks = (table.value + plan.bias, count.value + plan.bias)
 
 
-def prepare(po_path: Path, pid: int) -> Plan:
+def prepare(po_path: Path, pid: int, audit: Audit | None = None) -> Plan:
     """Verify and plan; nothing is stopped or written yet."""
     started = time.monotonic()
     po, sha, records = verify(po_path, pid)
     exe = open_executable(f"/proc/{pid}/exe")
     bias = procfs.load_bias(pid) if exe.pie else 0
-    plan = Plan(pid, po, sha, records, exe, bias)
+    plan = Plan(pid, po, sha, records, exe, bias, audit=audit)  # before the record is sized
     _resolve_externals(plan)
     _plan_redirects(plan)
     _plan_safety(plan)
@@ -275,6 +278,7 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]
     rec.sites = sites
+    rec.audit = plan.audit
     rec.refs = _data_references(plan, base)
     rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
     rec.revertible = not any(v.status == "transformed" for v in m.variables)

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from katana.errors import TargetError
 
 MAGIC = b"KATANA\x00\x01"
-HEADER = struct.Struct("<8sII")  # magic, JSON length, reserved
+# A reverted patch leaves its record behind (its code is unmapped), under another magic: so that
+# `status` can say who reverted what, while every reader of applied patches, old katanas
+# included, sees no patch there.
+REVERTED_MAGIC = b"KATREV\x00\x01"
+# magic, JSON length, audit JSON length. The audit (who applied it) came later, in its own JSON
+# after the record's, its length in a field that used to be 0: a katana that predates it reads
+# the record as before, and a record without an audit reads as one whose audit is unknown.
+HEADER = struct.Struct("<8sII")
 
 
 def key(name: str, file: str | None) -> str:
@@ -41,6 +48,24 @@ class Site:
 
 
 @dataclass
+class Audit:
+    """Who applied a patch, when, from which file, and who signed it (docs/configuration.md)."""
+
+    uid: int
+    user: str
+    time: str  # UTC, ISO 8601
+    po_path: str
+    po_sha256: str
+    signer: str  # key id, or "unsigned"
+    trusted: bool  # the signer's key was one of trustedKeys
+
+    @classmethod
+    def from_json(cls, d: dict) -> Audit:
+        return cls(int(d["uid"]), str(d["user"]), str(d["time"]), str(d["po_path"]),
+                   str(d["po_sha256"]), str(d["signer"]), bool(d["trusted"]))
+
+
+@dataclass
 class Record:
     program: str
     from_label: str
@@ -58,33 +83,50 @@ class Record:
     # variable key -> [[site, R_X86_64 type, field size, offset in the variable, in code?]]
     refs: dict[str, list[list]] = field(default_factory=dict)
     revertible: bool = True
+    audit: Audit | None = None  # None: applied by a katana that kept no audit
+    reverted: Audit | None = None  # who reverted it (a record under REVERTED_MAGIC only)
 
-    def encode(self) -> bytes:
+    def encode(self, magic: bytes = MAGIC) -> bytes:
         body = dict(self.__dict__)
         body["sites"] = [s.to_json() for s in self.sites]
+        audit, reverted = body.pop("audit"), body.pop("reverted")
         raw = json.dumps(body, sort_keys=True).encode()
-        return HEADER.pack(MAGIC, len(raw), 0) + raw
+        extra = b""
+        if audit or reverted:
+            extra = json.dumps({"apply": audit.__dict__ if audit else None,
+                                "revert": reverted.__dict__ if reverted else None},
+                               sort_keys=True).encode()
+        return HEADER.pack(magic, len(raw), len(extra)) + raw + extra
 
     @classmethod
-    def decode(cls, header: bytes, read_rest) -> Record | None:
-        """A record from a region's first bytes, or None when the region is not katana's."""
+    def decode(cls, header: bytes, read_rest, magic: bytes = MAGIC) -> Record | None:
+        """A record from a region's first bytes, or None when the region is not katana's (or
+        its magic is not ``magic``)."""
         if len(header) < HEADER.size:
             return None
-        magic, length, _ = HEADER.unpack_from(header)
-        if magic != MAGIC:
+        found, length, audit_length = HEADER.unpack_from(header)
+        if found != magic:
             return None
         try:
             body = json.loads(read_rest(HEADER.size, length))
             body["sites"] = [Site.from_json(s) for s in body["sites"]]
             body["region"] = tuple(body["region"])
             body["extra_regions"] = [tuple(r) for r in body.get("extra_regions", [])]
+            for name in ("audit", "reverted"):  # only ever in the audit JSON
+                body.pop(name, None)
+            if audit_length:
+                extra = json.loads(read_rest(HEADER.size + length, audit_length))
+                for name, key in (("audit", "apply"), ("reverted", "revert")):
+                    if extra.get(key) is not None:
+                        body[name] = Audit.from_json(extra[key])
             return cls(**body)
         except (ValueError, KeyError, TypeError) as e:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
-def read_records(pid: int) -> list[Record]:
-    """Every patch applied to a process, oldest first."""
+def read_records(pid: int, magic: bytes = MAGIC) -> list[Record]:
+    """Every patch applied to a process, oldest first (with REVERTED_MAGIC: every patch
+    reverted, what their records keep)."""
     from katana.engine.procfs import check_process, read_maps
 
     check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
@@ -108,7 +150,7 @@ def read_records(pid: int) -> list[Record]:
                 mem.seek(base + offset)
                 return mem.read(length)
 
-            record = Record.decode(header, read_rest)
+            record = Record.decode(header, read_rest, magic)
             if record is not None:
                 records.append(record)
     records.sort(key=lambda r: r.applied_at)

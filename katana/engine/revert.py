@@ -7,9 +7,12 @@ the patch's own functions (new code) plus everything it redirected.
 
 from __future__ import annotations
 
-from katana.engine import inject
+import dataclasses
+
+from katana.engine import inject, procfs
+from katana.engine.audit import audit_line, log_event, revert_audit
 from katana.engine.process import Process, signals_held
-from katana.engine.record import read_records
+from katana.engine.record import REVERTED_MAGIC, read_records
 from katana.errors import ApplyError, KatanaError
 
 
@@ -29,14 +32,34 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     ranges = [Range(base, base + size, f"{record.to_label} patch code")]
     ranges += [Range(lo, lo + n, k.split("::", 1)[1]) for k, (lo, n) in record.functions.items()]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
+    by = revert_audit(record)
     with signals_held():
-        _revert(proc, record, records, ranges, config)
+        _revert(proc, record, records, ranges, config, by)
+    log_event(audit_line("revert", pid, record, by), config)
     if verbosity:
         print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
     return 0
 
 
-def _revert(proc: Process, record, records, ranges, config) -> None:
+def _unmap_keeping_record(proc: Process, record, by) -> None:
+    """Unmap the patch but for the pages of its record, which is marked reverted and says by
+    whom (the in-process half of the audit: status lists reverted patches)."""
+    base, size = record.region
+    full = dataclasses.replace(record, reverted=by).encode(REVERTED_MAGIC)
+    keep = min(size, -(-len(full) // procfs.PAGE_SIZE) * procfs.PAGE_SIZE)
+    # no longer than `full`: the region's size only loses digits
+    tomb = dataclasses.replace(record, reverted=by, region=(base, keep)).encode(REVERTED_MAGIC)
+    original = proc.read(base, len(tomb))
+    proc.write(base, tomb)
+    try:
+        if keep < size:
+            inject.munmap(proc, base + keep, size - keep)
+    except KatanaError:
+        proc.write(base, original)  # the patch stays applied: its record must say so
+        raise
+
+
+def _revert(proc: Process, record, records, ranges, config, by) -> None:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
     base, size = record.region
@@ -61,7 +84,7 @@ def _revert(proc: Process, record, records, ranges, config) -> None:
                 written.append(site)
             for lo, hi in record.extra_regions:
                 inject.munmap(proc, lo, hi)
-            inject.munmap(proc, base, size)
+            _unmap_keeping_record(proc, record, by)
         except KatanaError as e:
             for site in written:
                 proc.write(site.address, site.new)

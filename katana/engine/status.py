@@ -6,12 +6,37 @@ import json
 import time
 
 from katana.elf.buildid import read_build_id
-from katana.engine.record import read_records
+from katana.engine.record import REVERTED_MAGIC, Audit, Record, read_records
 from katana.errors import TargetError
+from katana.po.signature import short_id
+
+
+def _audit_json(audit: Audit | None) -> dict | None:
+    if audit is None:  # applied by a katana that kept no audit
+        return None
+    return {"uid": audit.uid, "user": audit.user, "time": audit.time, "path": audit.po_path,
+            "sha256": audit.po_sha256, "signer": audit.signer, "trusted": audit.trusted}
+
+
+def _audit_text(audit: Audit | None) -> str:
+    if audit is None:
+        return "applied by: unknown (a katana that kept no audit)"
+    signer = "unsigned" if audit.signer == "unsigned" else \
+        f"signed by key {short_id(audit.signer)} ({'trusted' if audit.trusted else 'not trusted'})"
+    return (f"applied by {audit.user} (uid {audit.uid}) at {audit.time} from {audit.po_path} "
+            f"(sha256 {audit.po_sha256[:16]}), {signer}")
+
+
+def _reverted_text(r: Record) -> str:
+    by = r.reverted
+    who = f"by {by.user} (uid {by.uid}) at {by.time}" if by else "by an unknown user"
+    return f"  reverted: {r.program} {r.from_label} -> {r.to_label} {who}"
 
 
 def status_command(pid: int, as_json: bool = False) -> int:
     records = read_records(pid)
+    reverted = sorted(read_records(pid, REVERTED_MAGIC),
+                      key=lambda r: r.reverted.time if r.reverted else "")
     try:
         exe_id = read_build_id(f"/proc/{pid}/exe")
     except OSError as e:
@@ -21,10 +46,17 @@ def status_command(pid: int, as_json: bool = False) -> int:
             {"program": r.program, "from": r.from_label, "to": r.to_label,
              "from_build_id": r.from_build_id, "to_build_id": r.to_build_id,
              "po_sha256": r.po_sha256, "applied_at": r.applied_at, "region": list(r.region),
-             "functions": sorted(r.functions), "revertible": r.revertible}
-            for r in records]}, indent=2))
+             "functions": sorted(r.functions), "revertible": r.revertible,
+             "audit": _audit_json(r.audit)}
+            for r in records], "reverted": [
+            {"program": r.program, "from": r.from_label, "to": r.to_label,
+             "po_sha256": r.po_sha256, "audit": _audit_json(r.audit),
+             "reverted_by": _audit_json(r.reverted)}
+            for r in reverted]}, indent=2))
         return 0
     print(f"process {pid}: executable build-id {exe_id}")
+    for r in reverted:  # history first: what is applied now ends the report
+        print(_reverted_text(r))
     if not records:
         print("  no katana patches applied")
         return 0
@@ -34,6 +66,7 @@ def status_command(pid: int, as_json: bool = False) -> int:
         print(f"  {n}. {r.program} {r.from_label} -> {r.to_label}  applied {when}  "
               f"at {r.region[0]:#x}")
         print(f"     functions: {names}")
+        print(f"     {_audit_text(r.audit)}")
         if not r.revertible:
             print("     (transforms data: cannot be reverted)")
     current = records[-1].to_label

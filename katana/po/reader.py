@@ -52,7 +52,7 @@ from katana.po.model import PatchObject, Reloc, Section, Symbol
 
 # katana.po and the tests import these from here, where they were defined before the split.
 __all__ = ["EHDR", "RELOC_BY_NAME", "RELOC_TYPES", "SHDR", "RelocType", "SymbolExtra", "load_po",
-           "read_po"]
+           "read_po", "read_po_bytes"]
 
 # The engine maps a patch with mmap, whose placement is page-aligned: more cannot be honoured.
 MAX_ALIGN = 4096
@@ -319,11 +319,15 @@ def _model_symbol(elf: _Elf, raw: _RawSymbol, extra: SymbolExtra, section_of: di
                   raw.size, extra.local, extra.file, extra.new_name, extra.entry)
 
 
-def load_po(path: str | Path) -> PatchObject:
-    """Read and validate the PO at ``path``; a missing or unreadable file is a FormatError."""
+def read_po_bytes(path: str | Path) -> bytes:
+    """The bytes of the PO file at ``path``; a missing or unreadable file is a FormatError."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise FormatError(f"cannot read Patch Object {path}: {exc.strerror or exc}",
                           hint="check the path and its permissions") from None
-    return read_po(data, str(path))
+
+
+def load_po(path: str | Path) -> PatchObject:
+    """Read and validate the PO at ``path``; a missing or unreadable file is a FormatError."""
+    return read_po(read_po_bytes(path), str(path))

@@ -35,12 +35,19 @@ class SectionView:
 
     @cached_property
     def _insn_ends(self) -> dict[int, int]:
-        """Byte offset -> end of the instruction that covers it (text sections only)."""
+        """Relocated field offset -> end of the instruction that holds it (text sections only);
+        decoded once per section, and only for sections whose PC-relative targets are asked."""
+        fields = sorted(r.offset for r in self.section.relocs if r.type in PC_RELATIVE)
         ends: dict[int, int] = {}
-        for insn in _cs.disasm_lite(self.section.data, 0):
-            start, size = insn[0], insn[1]
-            for off in range(start, start + size):
-                ends[off] = start + size
+        at = 0
+        for start, size, _, _ in _cs.disasm_lite(self.section.data, 0):
+            end = start + size
+            while at < len(fields) and fields[at] < end:
+                if fields[at] >= start:
+                    ends[fields[at]] = end
+                at += 1
+            if at == len(fields):
+                break
         return ends
 
     def pc_adjust(self, reloc: ObjReloc) -> int:

@@ -71,7 +71,9 @@ class ExecutableSymbols:
         self.path = path
         self._globals: dict[str, list[ElfSymbol]] = {}
         self._locals: dict[str, list[ElfSymbol]] = {}
-        for sym in _read_symtab(path):
+        # every STT_FILE name: which objects went into the link, locals or not
+        self.file_names: set[str] = set()
+        for sym in _read_symtab(path, self.file_names):
             table = self._locals if sym.local else self._globals
             table.setdefault(sym.name, []).append(sym)
         funcs = sorted(
@@ -152,7 +154,7 @@ class ExecutableSymbols:
         return [s for group in (self._globals, self._locals) for v in group.values() for s in v]
 
 
-def _read_symtab(path: str) -> list[ElfSymbol]:
+def _read_symtab(path: str, files: set[str] | None = None) -> list[ElfSymbol]:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -167,10 +169,10 @@ def _read_symtab(path: str) -> list[ElfSymbol]:
             strtab = elf.get_section(symtab["sh_link"]).data()
     except (OSError, ELFError) as e:
         raise FormatError(f"cannot read the symbols of {path}: {e}") from None
-    return list(_parse(data, strtab))
+    return list(_parse(data, strtab, files))
 
 
-def _parse(data: bytes, strtab: bytes) -> Iterator[ElfSymbol]:
+def _parse(data: bytes, strtab: bytes, files: set[str] | None = None) -> Iterator[ElfSymbol]:
     current_file: str | None = None
     # Two objects of one source basename (src/a/util.c, src/b/util.c) both open an STT_FILE
     # "util.c" group, in link order: the second one's locals belong to "util.c#2".
@@ -182,6 +184,8 @@ def _parse(data: bytes, strtab: bytes) -> Iterator[ElfSymbol]:
         # the program's copy is the one the library itself uses, so it answers to the bare name.
         name = name.partition("@")[0]
         if kind == STT_FILE:
+            if files is not None:
+                files.add(name)
             seen[name] = seen.get(name, 0) + 1
             current_file = name if seen[name] == 1 else f"{name}#{seen[name]}"
             continue

@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 
 from katana.elf.executable import Executable
 from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
-from katana.elf.relocs import R_X86_64_PLT32
+from katana.elf.relocs import R_X86_64_32, R_X86_64_32S, R_X86_64_PC32, R_X86_64_PLT32
+from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import GenerateError
 from katana.generate.compare import Fingerprinter
 from katana.generate.diff import Diff, ObjectPair
 from katana.po.model import Reloc, Section, Symbol
+
+# fields that hold a 32-bit address or displacement: what a copy relocation exists for
+_REACH_32 = (R_X86_64_PC32, R_X86_64_32, R_X86_64_32S)
 
 Origin = tuple[str, int]  # (object relpath, index of a section or a symbol)
 
@@ -27,6 +31,7 @@ class Closure:
 
     diff: Diff
     old_exe: Executable
+    new_exe: Executable | None = None
     sections: list[Section] = field(default_factory=list)
     symbols: list[Symbol] = field(default_factory=list)
     section_index: dict[Origin, int] = field(default_factory=dict)
@@ -123,6 +128,7 @@ class Closure:
         """The PO symbol and addend a relocation of an included section uses."""
         sym = pair.new.symbols[r.sym]
         if not sym.defined:
+            self._check_reach(pair, sec, sym.name, r.type)
             return self.resolve_undefined(sym.name, r.type), r.addend
         target_sec = pair.new.sections[sym.shndx]
         _, off = fp.target(sec, r)  # type: ignore[misc]
@@ -139,6 +145,25 @@ class Closure:
             raise GenerateError(f"{pair.relpath}: cannot pair '{named.name}' with the FROM "
                                 "version")
         return self.external(pair.old, partner, named.name), r.addend + sym.value - named.value
+
+    def _check_reach(self, pair: ObjectPair, sec: ObjSection, name: str, rtype: int) -> None:
+        """A library variable that FROM never used has no copy in the running program (TO has
+        one: a copy relocation the linker made for the new reference). The patch's code reads
+        it with a 32-bit field, and the library's own copy lies beyond that reach (apply maps
+        the patch next to the executable), so the code cannot be linked."""
+        if rtype not in _REACH_32 or self.new_exe is None or name in self.globals:
+            return
+        in_to = self.new_exe.lookup(name)
+        if in_to is None or in_to.type not in (STT_OBJECT, STT_TLS) or \
+                self.old_exe.lookup(name) is not None:
+            return
+        raise GenerateError(
+            f"{pair.relpath}: {sec.name} reads {name}, a library variable that "
+            f"{self.diff.old.label} never used: the running program has no copy of it (no copy "
+            "relocation), and the library's copy is beyond the 32-bit reach of the patch's code",
+            hint=f"patch from a release that already uses {name}, or let the new code reach it "
+                 "through a library function (calls are reached by stubs: dprintf(2, ...) "
+                 "rather than fprintf(stderr, ...))")
 
     def joins_patch(self, pair: ObjectPair, named: ObjSymbol) -> bool:
         key = (pair.relpath, named.index)

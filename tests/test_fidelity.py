@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from livekit import CFLAGS, LDFLAGS, SCENARIOS, build_version, katana  # noqa: E402
 
+from katana.elf.relocs import R_X86_64_GOTPCREL  # noqa: E402
 from katana.errors import GenerateError  # noqa: E402
 from katana.generate.plan import build_patch  # noqa: E402
 from katana.generate.tree import load_tree  # noqa: E402
@@ -185,29 +186,94 @@ def test_only_the_library_changed(tmp_path):
 # -- 4. a library variable the program never used ----------------------------------------------
 
 REPORT_V0 = 'printf("tick %d v0\\n", tick);'
-REPORT_V1 = 'printf("tick %d v1\\n", tick); fprintf(stderr, "tick %d\\n", tick);'
+REPORT_V1 = 'printf("tick %d v1\\n", tick); fprintf(stderr, "tick %d to stderr\\n", tick);'
+REPORT_STORE = 'printf("tick %d v1\\n", tick); if (tick < 0) stderr = NULL;'
 
 
-def _library_variable_trees(tmp_path, pie):
+def library_variable_trees(tmp_path, pie, v1=REPORT_V1):
+    """v0 never uses stderr; v1's report() reads it (TO has a copy relocation for it)."""
     src = (SCENARIOS / "library_data" / "v0" / "main.c").read_text()
     src = src.replace('printf("tick %d V0\\n", tick);', REPORT_V0)
-    for version, body in (("v0", REPORT_V0), ("v1", REPORT_V1)):
+    for version, body in (("v0", REPORT_V0), ("v1", v1)):
         (tmp_path / f"src-{version}").mkdir()
         (tmp_path / f"src-{version}" / "main.c").write_text(src.replace(REPORT_V0, body))
         build_version(tmp_path / f"src-{version}", tmp_path / version, pie=pie)
 
 
 @PIE
-def test_new_library_variable_is_refused_at_generation(tmp_path, pie):
-    _library_variable_trees(tmp_path, pie)
-    with pytest.raises(GenerateError, match=r"reads stderr, a library variable that v0 never "
+def test_new_library_variable_read_through_a_slot(tmp_path, pie):
+    library_variable_trees(tmp_path, pie)
+    po = _plan(tmp_path)
+    assert [f.name for f in po.meta.functions] == ["report"]
+    stderr = next(i for i, s in enumerate(po.symbols) if s.name == "stderr")
+    assert po.symbols[stderr].section is None  # resolved at apply, in the loaded libc
+    uses = [(sec.name, r.type) for sec in po.sections for r in sec.relocs if r.symbol == stderr]
+    # one load through a GOT slot, from a thunk of its own; no 32-bit reference left
+    assert [t for _, t in uses] == [R_X86_64_GOTPCREL], uses
+    assert "katana_slot" in uses[0][0]
+
+
+@PIE
+def test_new_library_variable_stored_is_refused(tmp_path, pie):
+    library_variable_trees(tmp_path, pie, REPORT_STORE)
+    with pytest.raises(GenerateError, match=r"uses stderr, a library variable that v0 never "
                        r"used") as err:
         _plan(tmp_path)
-    assert "dprintf" in err.value.hint
+    assert "library function" in err.value.hint
     result = katana("generate", "-o", str(tmp_path / "p.po"), str(tmp_path / "v0"),
                     str(tmp_path / "v1"), "prog")
     assert result.returncode == 5 and "stderr" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "p.po").exists()
+
+
+# The two forms rewritten, in every register and width GCC may pick, assembled here; the thunk
+# must decode to the two loads and the jump back.
+ASM_CASES = [
+    ("movq stderr(%rip), %rdi", ["mov rdi, qword ptr [rip]", "mov rdi, qword ptr [rdi]"]),
+    ("movq stderr+8(%rip), %r12", ["mov r12, qword ptr [rip]",
+                                   "mov r12, qword ptr [r12 + 8]"]),
+    ("movl optind(%rip), %eax", ["mov rax, qword ptr [rip]", "mov eax, dword ptr [rax]"]),
+    ("movl optind(%rip), %r13d", ["mov r13, qword ptr [rip]", "mov r13d, dword ptr [r13]"]),
+    ("movq stderr(%rip), %rbp", ["mov rbp, qword ptr [rip]", "mov rbp, qword ptr [rbp]"]),
+]
+
+
+@pytest.mark.parametrize("source, thunk", ASM_CASES, ids=[c[0] for c in ASM_CASES])
+def test_rewrite_forms(tmp_path, source, thunk):
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+    from katana.elf.objfile import ObjectFile
+    from katana.generate.indirect import plan_rewrite
+
+    (tmp_path / "a.s").write_text(f".text\nf:\n\tnop\n\t{source}\n\tret\n")
+    subprocess.run(["gcc", "-c", "a.s", "-o", "a.o"], cwd=tmp_path, check=True)
+    obj = ObjectFile(tmp_path / "a.o", "a.o")
+    text = next(s for s in obj.sections if s.name == ".text")
+    (r,) = text.relocs
+    rewrite = plan_rewrite(text.data, r.offset, r.addend)
+    assert rewrite is not None and rewrite.start == 1 and rewrite.end == len(text.data) - 1
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    decoded = [f"{i.mnemonic} {i.op_str}" for i in cs.disasm(rewrite.thunk, 0)]
+    assert decoded[:2] == thunk and decoded[2].startswith("jmp")
+    assert rewrite.thunk[rewrite.back_field - 1] == 0xE9
+    jump = [i.mnemonic for i in cs.disasm(rewrite.replacement, 0)]
+    assert jump[0] == "jmp" and set(jump[1:]) <= {"nop"}
+
+
+def test_rewrite_lea_in_place(tmp_path):
+    from katana.elf.objfile import ObjectFile
+    from katana.generate.indirect import plan_rewrite
+
+    (tmp_path / "a.s").write_text(".text\nf:\n\tleaq stderr(%rip), %rsi\n"
+                                  "\tmovq $0, stderr(%rip)\n\tret\n")
+    subprocess.run(["gcc", "-c", "a.s", "-o", "a.o"], cwd=tmp_path, check=True)
+    obj = ObjectFile(tmp_path / "a.o", "a.o")
+    text = next(s for s in obj.sections if s.name == ".text")
+    lea, store = text.relocs
+    rewrite = plan_rewrite(text.data, lea.offset, lea.addend)
+    assert rewrite is not None and not rewrite.thunk
+    assert rewrite.replacement[:2] == b"\x48\x8b" and rewrite.slot_field == lea.offset
+    assert plan_rewrite(text.data, store.offset, store.addend) is None  # a store: refused
 
 
 # -- 5 and 6. where the PO goes, and what its versions are called ------------------------------

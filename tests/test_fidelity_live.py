@@ -1,6 +1,7 @@
 """Live: a program whose build directory also makes the shared library it uses. The patch made
 from the tree carries the program's change only; applied to a running v0, the program computes
 as v1 does, and it still calls the library it loaded (whose code the patch does not touch).
+And new code that reads a libc variable v0 never used (stderr), through the patch's own slot.
 
 The plain-.rodata scenario (strings that move) is test_scenarios.py's test_plain_rodata.
 """
@@ -15,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from livekit import Live, katana  # noqa: E402
-from test_fidelity import build_with_library  # noqa: E402
+from test_fidelity import build_with_library, library_variable_trees  # noqa: E402
 
 pytestmark = pytest.mark.live
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
@@ -42,5 +43,24 @@ def test_library_beside_program_live(tmp_path, pie):
             m = live.wait_for(r"^tick (\d+) value (\d+)$", after=live.last_index + 1)
         assert live.alive()
         assert re.search(r"v0 -> v1", katana("status", str(live.pid), check=True).stdout)
+    finally:
+        live.kill()
+
+
+@PIE
+def test_new_library_variable_live(tmp_path, pie):
+    library_variable_trees(tmp_path, pie)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "prog",
+           check=True)
+    live = Live([str(tmp_path / "v0" / "prog")])  # stderr goes to the same pipe as stdout
+    try:
+        live.wait_for(r"^tick 3 v0$")
+        katana("apply", str(po), str(live.pid), check=True)
+        m = live.wait_for(r"^tick (\d+) v1$", after=live.mark())
+        tick = int(m.group(1))
+        live.wait_for(rf"^tick {tick} to stderr$", after=live.last_index)
+        live.wait_for(rf"^tick {tick + 1} to stderr$", after=live.last_index)
+        assert live.alive()
     finally:
         live.kill()

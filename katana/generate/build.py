@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 
 from katana.elf.executable import Executable
 from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
-from katana.elf.relocs import R_X86_64_32, R_X86_64_32S, R_X86_64_PC32, R_X86_64_PLT32
+from katana.elf.relocs import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_GOTPCREL,
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+)
 from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import GenerateError
 from katana.generate.compare import Fingerprinter
 from katana.generate.diff import Diff, ObjectPair
+from katana.generate.indirect import plan_rewrite
 from katana.po.model import Reloc, Section, Symbol
 
 # fields that hold a 32-bit address or displacement: what a copy relocation exists for
@@ -72,6 +79,11 @@ class Closure:
             po_sec = self.sections[self.section_index[(pair.relpath, sec.index)]]
             fp = self.fingerprinters[pair.relpath]
             for r in sec.relocs:
+                name = pair.new.symbols[r.sym].name
+                if not pair.new.symbols[r.sym].defined and \
+                        self._new_library_variable(name, r.type):
+                    self._through_slot(pair, sec, po_sec, r, name)
+                    continue
                 sym, addend = self.resolve(pair, fp, sec, r)
                 po_sec.relocs.append(Reloc(r.offset, r.type, sym, addend))
 
@@ -128,7 +140,6 @@ class Closure:
         """The PO symbol and addend a relocation of an included section uses."""
         sym = pair.new.symbols[r.sym]
         if not sym.defined:
-            self._check_reach(pair, sec, sym.name, r.type)
             return self.resolve_undefined(sym.name, r.type), r.addend
         target_sec = pair.new.sections[sym.shndx]
         _, off = fp.target(sec, r)  # type: ignore[misc]
@@ -146,24 +157,51 @@ class Closure:
                                 "version")
         return self.external(pair.old, partner, named.name), r.addend + sym.value - named.value
 
-    def _check_reach(self, pair: ObjectPair, sec: ObjSection, name: str, rtype: int) -> None:
+    def _new_library_variable(self, name: str, rtype: int) -> bool:
         """A library variable that FROM never used has no copy in the running program (TO has
-        one: a copy relocation the linker made for the new reference). The patch's code reads
-        it with a 32-bit field, and the library's own copy lies beyond that reach (apply maps
-        the patch next to the executable), so the code cannot be linked."""
+        one: a copy relocation the linker made for the new reference), and the library's copy
+        is beyond the reach of a 32-bit field of the patch (apply maps it next to the
+        executable): see ``katana.generate.indirect``."""
         if rtype not in _REACH_32 or self.new_exe is None or name in self.globals:
-            return
+            return False
         in_to = self.new_exe.lookup(name)
-        if in_to is None or in_to.type not in (STT_OBJECT, STT_TLS) or \
-                self.old_exe.lookup(name) is not None:
+        return in_to is not None and in_to.type in (STT_OBJECT, STT_TLS) and \
+            self.old_exe.lookup(name) is None
+
+    def _through_slot(self, pair: ObjectPair, sec: ObjSection, po_sec: Section, r,
+                      name: str) -> None:
+        """Rewrite the instruction to read ``name`` through a GOT slot the loader fills."""
+        rewrite = plan_rewrite(sec.data, r.offset, r.addend) if sec.is_text and \
+            self.new_exe is not None and \
+            self.new_exe.lookup(name).type == STT_OBJECT else None  # type: ignore[union-attr]
+        if rewrite is None:
+            raise GenerateError(
+                f"{pair.relpath}: {sec.name} uses {name}, a library variable that "
+                f"{self.diff.old.label} never used, in a form katana cannot redirect (only loads "
+                "of it and its address are): the running program has no copy of it, and the "
+                "library's copy is beyond the 32-bit reach of the patch's code",
+                hint=f"patch from a release that already uses {name}, or let the new code reach "
+                     "it through a library function (calls are reached by stubs)")
+        data = bytearray(po_sec.data)
+        data[rewrite.start:rewrite.end] = rewrite.replacement
+        po_sec.data = bytes(data)
+        variable = self.global_symbol(name)
+        if not rewrite.thunk:  # lea -> mov from the slot, in place
+            po_sec.relocs.append(Reloc(rewrite.slot_field, R_X86_64_GOTPCREL, variable, r.addend))
             return
-        raise GenerateError(
-            f"{pair.relpath}: {sec.name} reads {name}, a library variable that "
-            f"{self.diff.old.label} never used: the running program has no copy of it (no copy "
-            "relocation), and the library's copy is beyond the 32-bit reach of the patch's code",
-            hint=f"patch from a release that already uses {name}, or let the new code reach it "
-                 "through a library function (calls are reached by stubs: dprintf(2, ...) "
-                 "rather than fprintf(stderr, ...))")
+        here = self._section_symbol(pair, self.sections.index(po_sec))
+        index = len(self.sections)
+        thunk = Section(f"{sec.name}.katana_slot.{r.offset:x}", "text", rewrite.thunk,
+                        len(rewrite.thunk), 16)
+        self.sections.append(thunk)
+        there = self._section_symbol(pair, index)
+        thunk.relocs = [Reloc(rewrite.slot_field, R_X86_64_GOTPCREL, variable, -4),
+                        Reloc(rewrite.back_field, R_X86_64_PC32, here, rewrite.end - 4)]
+        po_sec.relocs.append(Reloc(rewrite.jump_field, R_X86_64_PC32, there, -4))
+
+    def _section_symbol(self, pair: ObjectPair, po_index: int) -> int:
+        return self._symbol(("section", po_index), lambda: Symbol(
+            self.sections[po_index].name, "section", po_index, 0, 0, True, pair.new.file_name))
 
     def joins_patch(self, pair: ObjectPair, named: ObjSymbol) -> bool:
         key = (pair.relpath, named.index)

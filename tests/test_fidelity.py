@@ -102,6 +102,16 @@ def test_missing_flag(tmp_path, flag, code, message):
         assert [f["name"] for f in listing["functions"]] == ["step"]
 
 
+def test_refused_flag_recorded(tmp_path):
+    # -g1 keeps line tables but no types: the producer says so
+    cflags = [*_without(KATANA_CFLAGS, "-g"), "-g1"]
+    for version, factor in (("v0", 2), ("v1", 3)):
+        make_release(tmp_path / "work", tmp_path / version, factor, cflags, KATANA_LDFLAGS)
+    result = katana("generate", "-o", str(tmp_path / "p.po"), str(tmp_path / "v0"),
+                    str(tmp_path / "v1"), "prog")
+    assert result.returncode == 4 and "built with -g1" in result.stderr, result.stderr
+
+
 def test_complete_flags_no_warning(tmp_path):
     for version, factor in (("v0", 2), ("v1", 3)):
         make_release(tmp_path / "work", tmp_path / version, factor, KATANA_CFLAGS, KATANA_LDFLAGS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from katana.buildflags import ENTRY_ROOM, LIVE_PATCHING, SECTIONS
+from katana.buildflags import ENTRY_ROOM, LIVE_PATCHING, SECTIONS, refusal
 from katana.elf.objfile import ObjectFile
 from katana.elf.producer import CompileUnit, compile_unit
 from katana.errors import BuildError
@@ -75,6 +75,11 @@ class FlagCheck:
                              hint=fix(SECTIONS[0]))
         if cu is None:
             return None
+        for flag in flags:  # what the tool refuses, recorded by GCC (-g1, -flto, ...)
+            refused = refusal(flag)
+            if refused is not None:
+                raise BuildError(f"{obj.path} was built with {flag}, which {refused[0]}",
+                                 hint=f"{refused[1]}, and rebuild both versions")
         if (cu.gcc_major or 0) >= 9 and _optimised(flags) and \
                 not any(f.startswith("-flive-patching=") for f in flags):
             raise BuildError(

@@ -191,9 +191,10 @@ def main() -> None:
                                        str(out / "v1.po"))),
              (f"1 of {args.functions} functions, 1 object", (
                  "generate", str(big["v0"]), str(big["one"]), str(out / "big.po")))]
-    results: dict[str, list[dict]] = {}
-    for name, child_args in cases:
-        results[name] = [_run_child(*child_args) for _ in range(args.runs)]
+    results: dict[str, list[dict]] = {name: [] for name, _ in cases}
+    for _ in range(args.runs):  # interleaved: a burst of load elsewhere hits every case alike
+        for name, child_args in cases:
+            results[name].append(_run_child(*child_args))
     base = median([r["seconds"] for r in results["generate, 1 changed"]])
     floor = median([r["seconds"] for r in results["bytes only, 10 differ"]])
     rows = []

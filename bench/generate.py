@@ -1,10 +1,12 @@
-"""Benchmark of ``katana generate`` on a large tree: 1,000 objects, 10 of them changed.
+"""Benchmark of ``katana generate``: a large tree (1,000 objects, 10 changed), and one large object.
 
 Run by hand: ``/tmp/kvenv/bin/python bench/generate.py [--quick] [--runs N]``.
 
 Builds (once, cached under /tmp/katana-bench-generate) a synthetic C program of N objects in
 three versions: v0, v1 with 10 objects changed (one function body each) and a baseline with 1
-object changed. Each measured run is a fresh interpreter that times
+object changed; and a program of one object of 200 functions, each with its own string, where
+one function body changes (generation must grow with the change, not with the object). Each
+measured run is a fresh interpreter that times
 ``katana.generate.api.generate_patch(old, new, "prog", out)``, reports its peak RSS
 (getrusage ru_maxrss) and counts the ObjectFile instances the diff creates: objects whose bytes
 are equal must be skipped before parsing, so the count is about twice the number of changed
@@ -73,6 +75,37 @@ def _build_changed(base: Path, root: Path, n: int, changes: int) -> None:
     link(root, _objects(n))
 
 
+def _big_source(functions: int, changed: bool) -> str:
+    # One object of many small functions, each with its own string (plain .rodata.str1.1) and a
+    # call to the next: the diff has the whole object to read for one changed function.
+    out = ["#include <stdio.h>\n"]
+    for i in range(functions):
+        k = 0x5000 + i if changed and i == functions // 2 else i
+        nxt = f"b_{i + 1:04d}(x) + " if i + 1 < functions else ""
+        out.append(f"int b_{i + 1:04d}(int);\n" if i + 1 < functions else "")
+        out.append(f"int __attribute__((noinline)) b_{i:04d}(int x) "
+                   f"{{ if (x < 0) puts(\"b_{i:04d} negative\"); "
+                   f"return {nxt}(x ^ {k}); }}\n")
+    out.append('int main(void) { printf("%d\\n", b_0000(1)); return 0; }\n')
+    return "".join(out)
+
+
+def build_big(functions: int) -> dict[str, Path]:
+    """v0 and one (1 function changed) of a program of one object of ``functions`` functions."""
+    top = CACHE / f"big{functions}"
+    trees = {"v0": top / "v0", "one": top / "one"}
+    if (top / "done").exists():
+        return trees
+    shutil.rmtree(top, ignore_errors=True)
+    for name, changed in (("v0", False), ("one", True)):
+        trees[name].mkdir(parents=True)
+        (trees[name] / "big.c").write_text(_big_source(functions, changed))
+        compile_objects(trees[name], ["big.c"])
+        link(trees[name], ["big.o"])
+    (top / "done").write_text("ok\n")
+    return trees
+
+
 def build_trees(n: int) -> dict[str, Path]:
     """v0, v1 (10 changed) and one (1 changed) trees of ``n`` objects, cached under /tmp."""
     top = CACHE / f"n{n}"
@@ -138,6 +171,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="200 objects instead of 1,000")
     ap.add_argument("--objects", type=int, help="number of objects (default 1000)")
     ap.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
+    ap.add_argument("--functions", type=int, default=200,
+                    help="functions of the one-object case (default 200)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -147,15 +182,19 @@ def main() -> None:
         return
     n = args.objects or (200 if args.quick else 1000)
     trees = build_trees(n)
+    big = build_big(args.functions)
     out = CACHE / "out"
     cases = [("bytes only, 10 differ", ("compare", str(trees["v0"]), str(trees["v1"]))),
              ("generate, 1 changed", ("generate", str(trees["v0"]), str(trees["one"]),
                                       str(out / "one.po"))),
              ("generate, 10 changed", ("generate", str(trees["v0"]), str(trees["v1"]),
-                                       str(out / "v1.po")))]
-    results: dict[str, list[dict]] = {}
-    for name, child_args in cases:
-        results[name] = [_run_child(*child_args) for _ in range(args.runs)]
+                                       str(out / "v1.po"))),
+             (f"1 of {args.functions} functions, 1 object", (
+                 "generate", str(big["v0"]), str(big["one"]), str(out / "big.po")))]
+    results: dict[str, list[dict]] = {name: [] for name, _ in cases}
+    for _ in range(args.runs):  # interleaved: a burst of load elsewhere hits every case alike
+        for name, child_args in cases:
+            results[name].append(_run_child(*child_args))
     base = median([r["seconds"] for r in results["generate, 1 changed"]])
     floor = median([r["seconds"] for r in results["bytes only, 10 differ"]])
     rows = []

@@ -55,8 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                    "comes from")
 
     g = sub.add_parser("generate", help="make a Patch Object from two object trees (-g)")
-    g.add_argument("-o", "--output", type=Path, help="where to write the PO "
-                   "(default: OLD_DIR/EXE.po)")
+    g.add_argument("-o", "--output", type=Path, help="where to write the PO (default: "
+                   "OLD_DIR/EXE.po; for release snapshots, the project's "
+                   "patches/EXE-FROM-TO.po, never the snapshot)")
+    g.add_argument("--from-label", metavar="LABEL", help="name of the old version in the PO, "
+                   "shown by list and status (default: a snapshot's version, else OLD_DIR's name)")
+    g.add_argument("--to-label", metavar="LABEL", help="name of the new version (default: a "
+                   "snapshot's version, else NEW_DIR's name)")
     g.add_argument("old_dir", type=Path, metavar="OLD_DIR")
     g.add_argument("new_dir", type=Path, metavar="NEW_DIR")
     g.add_argument("program", metavar="EXE", help="the program, relative to the trees")
@@ -118,10 +123,12 @@ def _cmd_config(args: argparse.Namespace, config) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace, config) -> int:
-    from katana.generate.api import generate_patch
+    from katana.generate.api import default_output, generate_patch
 
-    output = args.output or args.old_dir / f"{args.program}.po"
-    summary = generate_patch(args.old_dir, args.new_dir, args.program, output)
+    output = args.output or default_output(args.old_dir, args.new_dir, args.program,
+                                           args.from_label, args.to_label)
+    summary = generate_patch(args.old_dir, args.new_dir, args.program, output,
+                             args.from_label, args.to_label)
     for line in summary.lines():
         print(line)
     return 0

@@ -27,7 +27,8 @@ from katana.generate.tree import load_tree  # noqa: E402
 from katana.po import po_bytes, read_po  # noqa: E402
 
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
-CFLAGS = {"clone_rename": ("-fipa-cp-clone",)}  # as -O3 does: the scenario needs clones
+CFLAGS = {"clone_rename": ("-fipa-cp-clone",),  # as -O3 does: the scenario needs clones
+          "plain_rodata": ("-fno-merge-constants",)}  # strings in one plain .rodata
 VERSIONS = {"stacked": ("v0", "v1", "v2"), "never_returns": ("v0", "v1", "v2")}
 ALL_SCENARIOS = sorted(p.name for p in SCENARIOS.iterdir() if (p / "v0").is_dir())
 # no PO from v0 to v1: no functional change / refused
@@ -52,7 +53,19 @@ def _static_renumbered(src):
     return src.replace("int main(void)", even, 1)
 
 
+def _farewell_too(src):
+    # a string of the same length whose text changes: moved and changed at once
+    return src.replace("farewell bye", "farewell BYE")
+
+
+def _constant_only(src):
+    # only the anonymous 8-byte constant after the strings changes (the string grows back)
+    return src.replace("greet hello there, a longer string", "greet hi").replace("2.5", "3.5")
+
+
 VARIANTS = {"clone_numbers_only": ("clone_rename", _clone_numbers_only),
+            "plain_rodata_farewell": ("plain_rodata", _farewell_too),
+            "plain_rodata_constant": ("plain_rodata", _constant_only),
             "static_renumbered": ("static_local", _static_renumbered)}
 
 
@@ -308,6 +321,30 @@ def test_string_change(scenario, pie):
     targets = reloc_targets(po, symbol_of(po, "greet").section)
     assert rodata[0] in {s.section for s in targets}
     assert not any(b"hello from v0" in s.data for s in po.sections)
+
+
+@PIE
+def test_plain_rodata(scenario, pie):
+    built = scenario("plain_rodata", pie)
+    names = {s.name for s in built.obj("v0").sections}
+    # the scenario means something only if the strings share one plain .rodata
+    assert ".rodata" in names and not any(n.startswith(".rodata.str") for n in names)
+    po = built.plan()
+    # farewell's and main's strings moved, their text did not: only greet is in the patch
+    assert functions(po) == {"greet": ("changed", "main.o", None)}
+    assert po.meta.warnings == []
+
+
+@PIE
+def test_plain_rodata_changed_and_moved(scenario, pie):
+    po = scenario("plain_rodata_farewell", pie).plan()
+    assert set(functions(po)) == {"greet", "farewell"}
+
+
+@PIE
+def test_plain_rodata_constant(scenario, pie):
+    po = scenario("plain_rodata_constant", pie).plan()
+    assert set(functions(po)) == {"scaled"}
 
 
 @PIE

@@ -254,6 +254,20 @@ def test_string_change(scenario, pie):
 
 
 @PIE
+def test_plain_rodata(scenario, pie):
+    # -fno-merge-constants: one plain .rodata; greet's string grows and moves every later one
+    built = scenario("plain_rodata", pie, cflags=("-fno-merge-constants",))
+    assert [f["name"] for f in built.listing()["functions"]] == ["greet"]
+    lines, after = patched_lines(built, r"^tick 4 scaled 10\.0$", count=9)
+    for line in after:
+        tick = ints(line, "tick")[0]
+        assert line in (f"tick {tick} greet hello there, a longer string",
+                        f"tick {tick} farewell bye", f"tick {tick} scaled {tick * 2.5:.1f}"), line
+    assert any("farewell bye" in x for x in after) and any("longer" in x for x in after)
+    assert_ticks_continue(lines)
+
+
+@PIE
 def test_const_change(scenario, pie):
     built = scenario("const_change", pie)
     names = {f["name"] for f in built.listing()["functions"]}

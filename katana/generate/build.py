@@ -12,11 +12,22 @@ from dataclasses import dataclass, field
 
 from katana.elf.executable import Executable
 from katana.elf.objfile import ObjectFile, ObjSection, ObjSymbol
-from katana.elf.relocs import R_X86_64_PLT32
+from katana.elf.relocs import (
+    R_X86_64_32,
+    R_X86_64_32S,
+    R_X86_64_GOTPCREL,
+    R_X86_64_PC32,
+    R_X86_64_PLT32,
+)
+from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import GenerateError
 from katana.generate.compare import Fingerprinter
 from katana.generate.diff import Diff, ObjectPair
+from katana.generate.indirect import plan_rewrite
 from katana.po.model import Reloc, Section, Symbol
+
+# fields that hold a 32-bit address or displacement: what a copy relocation exists for
+_REACH_32 = (R_X86_64_PC32, R_X86_64_32, R_X86_64_32S)
 
 Origin = tuple[str, int]  # (object relpath, index of a section or a symbol)
 
@@ -27,6 +38,7 @@ class Closure:
 
     diff: Diff
     old_exe: Executable
+    new_exe: Executable | None = None
     sections: list[Section] = field(default_factory=list)
     symbols: list[Symbol] = field(default_factory=list)
     section_index: dict[Origin, int] = field(default_factory=dict)
@@ -71,6 +83,11 @@ class Closure:
             po_sec = self.sections[self.section_index[(pair.relpath, sec.index)]]
             fp = self.fingerprinters[pair.relpath]
             for r in sec.relocs:
+                name = pair.new.symbols[r.sym].name
+                if not pair.new.symbols[r.sym].defined and \
+                        self._new_library_variable(name, r.type):
+                    self._through_slot(pair, sec, po_sec, r, name)
+                    continue
                 sym, addend = self.resolve(pair, fp, sec, r)
                 po_sec.relocs.append(Reloc(r.offset, r.type, sym, addend))
 
@@ -143,6 +160,52 @@ class Closure:
             raise GenerateError(f"{pair.relpath}: cannot pair '{named.name}' with the FROM "
                                 "version")
         return self.external(pair.old, partner, named.name), r.addend + sym.value - named.value
+
+    def _new_library_variable(self, name: str, rtype: int) -> bool:
+        """A library variable that FROM never used has no copy in the running program (TO has
+        one: a copy relocation the linker made for the new reference), and the library's copy
+        is beyond the reach of a 32-bit field of the patch (apply maps it next to the
+        executable): see ``katana.generate.indirect``."""
+        if rtype not in _REACH_32 or self.new_exe is None or name in self.globals:
+            return False
+        in_to = self.new_exe.lookup(name)
+        return in_to is not None and in_to.type in (STT_OBJECT, STT_TLS) and \
+            self.old_exe.lookup(name) is None
+
+    def _through_slot(self, pair: ObjectPair, sec: ObjSection, po_sec: Section, r,
+                      name: str) -> None:
+        """Rewrite the instruction to read ``name`` through a GOT slot the loader fills."""
+        rewrite = plan_rewrite(sec.data, r.offset, r.addend) if sec.is_text and \
+            self.new_exe is not None and \
+            self.new_exe.lookup(name).type == STT_OBJECT else None  # type: ignore[union-attr]
+        if rewrite is None:
+            raise GenerateError(
+                f"{pair.relpath}: {sec.name} uses {name}, a library variable that "
+                f"{self.diff.old.label} never used, in a form katana cannot redirect (only loads "
+                "of it and its address are): the running program has no copy of it, and the "
+                "library's copy is beyond the 32-bit reach of the patch's code",
+                hint=f"patch from a release that already uses {name}, or let the new code reach "
+                     "it through a library function (calls are reached by stubs)")
+        data = bytearray(po_sec.data)
+        data[rewrite.start:rewrite.end] = rewrite.replacement
+        po_sec.data = bytes(data)
+        variable = self.global_symbol(name)
+        if not rewrite.thunk:  # lea -> mov from the slot, in place
+            po_sec.relocs.append(Reloc(rewrite.slot_field, R_X86_64_GOTPCREL, variable, r.addend))
+            return
+        here = self._section_symbol(pair, self.sections.index(po_sec))
+        index = len(self.sections)
+        thunk = Section(f"{sec.name}.katana_slot.{r.offset:x}", "text", rewrite.thunk,
+                        len(rewrite.thunk), 16)
+        self.sections.append(thunk)
+        there = self._section_symbol(pair, index)
+        thunk.relocs = [Reloc(rewrite.slot_field, R_X86_64_GOTPCREL, variable, -4),
+                        Reloc(rewrite.back_field, R_X86_64_PC32, here, rewrite.end - 4)]
+        po_sec.relocs.append(Reloc(rewrite.jump_field, R_X86_64_PC32, there, -4))
+
+    def _section_symbol(self, pair: ObjectPair, po_index: int) -> int:
+        return self._symbol(("section", po_index), lambda: Symbol(
+            self.sections[po_index].name, "section", po_index, 0, 0, True, pair.new.file_name))
 
     def joins_patch(self, pair: ObjectPair, named: ObjSymbol) -> bool:
         key = (pair.relpath, named.index)

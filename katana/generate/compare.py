@@ -4,11 +4,13 @@ A function is the same when its bytes are equal (relocated fields are zero in a 
 ordered relocations are equal in type, offset and *target identity*. The identity of a target is
 what it means, not where the assembler put it: a string is its text (its offset inside
 ``.rodata.str1.1`` moves whenever any other string of the object changes), read-only data is its
-content, a function or a writable variable is its name (clone and static-local counters dropped).
+content (in a plain ``.rodata``, the referenced piece's own: up to the next referenced offset), a
+function or a writable variable is its name (clone and static-local counters dropped).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from functools import cached_property
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
@@ -35,12 +37,19 @@ class SectionView:
 
     @cached_property
     def _insn_ends(self) -> dict[int, int]:
-        """Byte offset -> end of the instruction that covers it (text sections only)."""
+        """Relocated field offset -> end of the instruction that holds it (text sections only);
+        decoded once per section, and only for sections whose PC-relative targets are asked."""
+        fields = sorted(r.offset for r in self.section.relocs if r.type in PC_RELATIVE)
         ends: dict[int, int] = {}
-        for insn in _cs.disasm_lite(self.section.data, 0):
-            start, size = insn[0], insn[1]
-            for off in range(start, start + size):
-                ends[off] = start + size
+        at = 0
+        for start, size, _, _ in _cs.disasm_lite(self.section.data, 0):
+            end = start + size
+            while at < len(fields) and fields[at] < end:
+                if fields[at] >= start:
+                    ends[fields[at]] = end
+                at += 1
+            if at == len(fields):
+                break
         return ends
 
     def pc_adjust(self, reloc: ObjReloc) -> int:
@@ -65,6 +74,7 @@ class Fingerprinter:
     def __init__(self, obj: ObjectFile) -> None:
         self.obj = obj
         self._views: dict[int, SectionView] = {}
+        self._boundaries: dict[int, list[int]] = {}  # plain rodata section -> sorted offsets
 
     def view(self, shndx: int) -> SectionView:
         if shndx not in self._views:
@@ -104,13 +114,38 @@ class Fingerprinter:
             start, end = named.value, named.value + named.size
         elif sec.flags & 0x10 and sec.entsize:  # SHF_MERGE constants: one entry
             start, end = off, off + sec.entsize
-        else:
-            start, end = 0, sec.size
+        else:  # plain .rodata (-fno-merge-constants): the piece that starts here, not the section
+            start, end = off, self.piece_end(sec, off)
+            piece = sec.data[start:end]
+            nul = piece.find(b"\0")
+            if nul >= 0 and not piece[nul:].strip(b"\0") and \
+                    not any(start <= r.offset < end for r in sec.relocs):
+                # a string and its alignment padding: the padding depends on where the string
+                # landed, so only the text counts
+                return ("str", piece[:nul])
         relocs: tuple = ()
         if depth < 4:
             relocs = tuple((r.offset - start, r.type, self.identity(sec, r, depth + 1))
                            for r in sec.relocs if start <= r.offset < end)
         return ("data", sec.data[start:end], off - start, relocs)
+
+    def piece_end(self, sec: ObjSection, off: int) -> int:
+        """Where the piece of plain read-only data that starts at ``off`` ends: at the next offset
+        of the section that something references or a symbol starts at, or the section's end.
+        (kpatch's create-diff-object cuts .rodata the same way for section+addend references.)"""
+        if sec.index not in self._boundaries:
+            marks = {s.value for s in self.obj.symbols_in(sec.index)}
+            for source in self.obj.sections:
+                if not source.is_alloc:  # debug information is no reference the code makes
+                    continue
+                for r in source.relocs:
+                    if self.obj.symbols[r.sym].shndx == sec.index and \
+                            self.obj.symbols[r.sym].defined:
+                        marks.add(self.target(source, r)[1])  # type: ignore[index]
+            self._boundaries[sec.index] = sorted(marks)
+        marks = self._boundaries[sec.index]
+        at = bisect_right(marks, off)
+        return min(marks[at], sec.size) if at < len(marks) else sec.size
 
     def function_fingerprint(self, shndx: int, start: int, size: int) -> Identity:
         sec = self.obj.sections[shndx]

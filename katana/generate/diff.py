@@ -15,8 +15,9 @@ from katana.elf.executable import open_executable
 from katana.elf.objfile import ObjectFile, ObjSymbol, normalize_name, static_local_base
 from katana.elf.relocs import field_size
 from katana.elf.symtab import STT_TLS
-from katana.errors import BuildError, GenerateError
+from katana.errors import GenerateError, KatanaError
 from katana.generate.compare import Fingerprinter
+from katana.generate.flags import FlagCheck
 from katana.generate.tree import Tree
 
 CHILD_SUFFIXES = (".cold", ".part")
@@ -42,6 +43,8 @@ class Diff:
     pairs: list[ObjectPair]
     removed: list[str]
     identical: int  # objects skipped because their bytes are equal
+    foreign: list[str] = field(default_factory=list)  # changed, but not linked into the program
+    flags: FlagCheck = field(default_factory=FlagCheck)  # what the objects lack
 
 
 def _by_key(syms: list[ObjSymbol], key) -> dict[str, list[ObjSymbol]]:
@@ -213,8 +216,8 @@ def _reads_any(obj: ObjectFile, names: set[str]) -> bool:
     return any(not s.defined and s.name in names for s in obj.symbols)
 
 
-def _const_readers(pairs: list[ObjectPair],
-                   identical: dict[str, tuple[Path, Path]]) -> list[ObjectPair]:
+def _const_readers(pairs: list[ObjectPair], identical: dict[str, tuple[Path, Path]],
+                   old: Tree, new: Tree) -> list[ObjectPair]:
     """Pairs for byte-identical objects that read a changed global const.
 
     Such a reader compiles to the same bytes in both versions (the value lives in another
@@ -225,8 +228,10 @@ def _const_readers(pairs: list[ObjectPair],
     readers = []
     for rel, (old_path, new_path) in identical.items():
         new_obj = ObjectFile(new_path, rel)
-        if _reads_any(new_obj, names):
-            pair = ObjectPair(rel, ObjectFile(old_path, rel), new_obj)
+        if _reads_any(new_obj, names) and linked_into(new_obj, new.executable):
+            old_obj = ObjectFile(old_path, rel)
+            pair = ObjectPair(rel, old_obj if linked_into(old_obj, old.executable) else None,
+                              new_obj)
             _compare(pair)
             readers.append(pair)
     return readers
@@ -260,21 +265,6 @@ def _include_children(pair: ObjectPair) -> None:
                 touched = pair.changed | pair.added
                 if fn.index in touched and parent.index not in touched:
                     pair.changed.add(parent.index)
-
-
-def _checked(obj: ObjectFile) -> ObjectFile:
-    """Refuse an object built without what the diff relies on: comparing it would give a patch
-    that silently carries too much or too little."""
-    names = {s.name for s in obj.sections}
-    if ".debug_info" not in names:
-        raise BuildError(f"{obj.path} was built without -g: the types of its variables are "
-                         "unknown", hint="build with the katana SCons tool's flags")
-    text = next((s for s in obj.sections if s.name == ".text"), None)
-    if text is not None and len(obj.symbols_in(text.index)) > 1:
-        raise BuildError(f"{obj.path} was built without -ffunction-sections: its functions "
-                         "share one section and cannot be cut out one by one",
-                         hint="build with the katana SCons tool's flags")
-    return obj
 
 
 def _placed(obj: ObjectFile, executable: Path) -> ObjectFile:
@@ -323,25 +313,80 @@ def _same_bytes(obj: ObjectFile, sym: ObjSymbol, exe, group: str) -> bool:
     return mine == theirs
 
 
+_DEFINITIONS = ("STT_FUNC", "STT_OBJECT", "STT_TLS")
+
+
+def linked_into(obj: ObjectFile, executable: Path) -> bool:
+    """Whether ``obj`` went into ``executable``. A build directory may hold objects of other
+    targets beside the program's (a shared library built from sources next to it): their code
+    is not the program's, and a patch of the program must not carry or redirect it.
+
+    The linker leaves one STT_FILE symbol per object that brought symbols; an object defines
+    globals the executable then has too (the same name and size). An object with locals only
+    is linked when its STT_FILE group holds one of them."""
+    symbols = open_executable(executable).symbols
+    if obj.file_name is not None and symbols.file_names and \
+            obj.file_name not in symbols.file_names:
+        return False
+    defined = [s for s in obj.symbols if s.defined and s.name and s.type in _DEFINITIONS]
+    globals_ = [s for s in defined if not s.local]
+    if globals_:
+        # find(): a hidden global is a local of the executable (-fvisibility=hidden)
+        return any(_same(symbols.find_global(s.name) or _only_local(symbols, s.name), s)
+                   for s in globals_)
+    if not defined or obj.file_name is None:
+        return True  # nothing that could be told apart, nothing a patch would take from it
+    mine = {(s.name, s.size) for s in defined}
+    return any(mine & group for _, group in symbols.file_groups(obj.file_name))
+
+
+def _only_local(symbols, name: str):
+    try:
+        return symbols.find(name)
+    except KatanaError:  # several locals of that name: none is the global's
+        return None
+
+
+def _same(found, sym: ObjSymbol) -> bool:
+    return found is not None and found.size == sym.size
+
+
+def _read(path: Path, rel: str, executable: Path) -> ObjectFile | None:
+    """The object, placed, or None when the executable was not linked from it."""
+    obj = ObjectFile(path, rel)
+    if not linked_into(obj, executable):
+        return None
+    return _placed(obj, executable)
+
+
 def diff_trees(old: Tree, new: Tree) -> Diff:
     """Pair the objects of two trees and find what changed in each."""
     pairs: list[ObjectPair] = []
     identical: dict[str, tuple[Path, Path]] = {}
+    removed: list[str] = []
+    foreign: list[str] = []  # objects of the trees that the program was not linked from
+    flags = FlagCheck()
     for rel, new_path in new.objects.items():
         old_path = old.objects.get(rel)
         if old_path is not None and old_path.read_bytes() == new_path.read_bytes():
             identical[rel] = (old_path, new_path)  # equal bytes: skip parsing (mostly)
             continue
-        old_obj = _placed(_checked(ObjectFile(old_path, rel)), old.executable) \
-            if old_path is not None else None
-        pair = ObjectPair(rel, old_obj, _placed(_checked(ObjectFile(new_path, rel)),
-                                                new.executable))
+        old_obj = _read(old_path, rel, old.executable) if old_path is not None else None
+        new_obj = _read(new_path, rel, new.executable)
+        if new_obj is None:
+            (removed if old_obj is not None else foreign).append(rel)
+            continue
+        cu_new = flags.check_object(new_obj)
+        if old_obj is not None:
+            flags.check_pair(old_obj, new_obj, flags.check_object(old_obj), cu_new)
+        pair = ObjectPair(rel, old_obj, new_obj)
         _compare(pair)
         pairs.append(pair)
-    readers = _const_readers(pairs, identical)
+    readers = _const_readers(pairs, identical, old, new)
     pairs += readers
     _propagate_const_changes(pairs)
     for pair in pairs:
         _include_children(pair)
-    removed = [rel for rel in old.objects if rel not in new.objects]
-    return Diff(old, new, pairs, removed, len(identical) - len(readers))
+    removed += [rel for rel, path in old.objects.items() if rel not in new.objects and
+                linked_into(ObjectFile(path, rel), old.executable)]
+    return Diff(old, new, pairs, removed, len(identical) - len(readers), foreign, flags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from katana import __version__
+from katana.buildflags import ENTRY_ROOM
 from katana.elf.buildid import read_build_id
 from katana.elf.executable import Executable, open_executable
 from katana.elf.objfile import ObjSymbol, normalize_name
@@ -10,9 +11,12 @@ from katana.errors import BuildError, GenerateError, NoChangeError
 from katana.generate.build import Closure
 from katana.generate.compare import Fingerprinter
 from katana.generate.diff import CHILD_SUFFIXES, Diff, ObjectPair, diff_trees
+from katana.generate.flags import fix
 from katana.generate.tree import Tree
 from katana.generate.variables import added_variables, plan_variables
 from katana.po.model import FunctionPatch, FunctionRef, Meta, PatchObject
+
+JMP_SIZE = 5  # jmp rel32, what apply writes over a replaced function's entry
 
 
 def _is_child(name: str) -> bool:
@@ -44,6 +48,8 @@ def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:
             if _is_child(fn.name):
                 continue  # never an entry point: reached only through its parent
             status = "changed" if partner is not None and old_code else "added"
+            if status == "changed":
+                _check_room(exe, pair, partner)  # type: ignore[arg-type]
             meta.functions.append(FunctionPatch(
                 fn.name, pair.relpath, status, po_sym, old_size, fn.size, fn.local,  # type: ignore
                 pair.new.file_name if fn.local else None,
@@ -68,7 +74,23 @@ def _refuse_main(closure: Closure, meta: Meta) -> None:
              "callees out of line), or restart the program for this change")
 
 
+def _check_room(exe: Executable, pair: ObjectPair, old: ObjSymbol) -> None:
+    """A function to replace needs 5 bytes for a jump at its entry, or 2 there and 5 just
+    before it (what -fpatchable-function-entry=5,5 leaves): apply would refuse it anyway."""
+    hit = exe.lookup(old.name, pair.old.file_name if old.local and pair.old else None)
+    if hit is None or exe.room(hit) >= JMP_SIZE:
+        return
+    if exe.room(hit) >= 2 and exe.gap_before(hit) >= JMP_SIZE:
+        return
+    raise BuildError(f"{old.name} ({pair.relpath}) is {hit.size} byte(s) long, with no room "
+                     "around it for the jump that redirects it to its new version",
+                     hint=fix(ENTRY_ROOM) + " (then rebuild both versions)")
+
+
 def _warnings(diff: Diff, meta: Meta) -> None:
+    meta.warnings.extend(diff.flags.warnings({
+        str(diff.old.executable): open_executable(diff.old.executable).has_emitted_relocs,
+        str(diff.new.executable): open_executable(diff.new.executable).has_emitted_relocs}))
     for rel in diff.removed:
         meta.warnings.append(f"{rel}: object removed in {diff.new.label}; its code stays in the "
                              "process, unused")
@@ -126,14 +148,16 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     exe = open_executable(old.executable)
     from_id, to_id = read_build_id(old.executable), read_build_id(new.executable)
     if not from_id or not to_id:
-        raise BuildError("the executables have no GNU build-id",
-                         hint="link with -Wl,--build-id (the katana SCons tool does)")
+        lacking = [str(t.executable) for t, i in ((old, from_id), (new, to_id)) if not i]
+        raise BuildError(f"{', '.join(lacking)} linked without a GNU build-id: nothing would "
+                         "tie the patch to the build it was made from",
+                         hint=fix("-Wl,--build-id=sha1"))
     if from_id == to_id:
         raise GenerateError(f"{old.executable} and {new.executable} are the same build "
                             f"(build-id {from_id})", hint="give the trees of two versions")
     meta = Meta(program, old.label, new.label, from_id, to_id, f"katana {__version__}",
                 pie=exe.pie)
-    closure = Closure(diff, exe)
+    closure = Closure(diff, exe, open_executable(new.executable))
     variables = plan_variables(closure, meta)
     _functions(closure, meta, exe)
     closure.run()
@@ -144,7 +168,7 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     if any(v.status == "transformed" for v in meta.variables) and not exe.has_emitted_relocs:
         raise BuildError(f"{old.executable} was linked without --emit-relocs: the references to "
                          "the variables whose layout changes cannot be found",
-                         hint="link with -Wl,--emit-relocs (the katana SCons tool does)")
+                         hint=fix("-Wl,--emit-relocs"))
     _warnings(diff, meta)
     # A patch that only keeps live values (a changed initial value) is still written: applying
     # it changes no code, but records that the process now runs TO, so that the next release's

@@ -37,7 +37,11 @@ def _from_snapshot(root: Path, program: str) -> Tree:
 
 
 def _from_directory(root: Path, program: str) -> Tree:
-    objects = {str(p.relative_to(root)): p for p in sorted(root.rglob("*.o"))}
+    # the order of Path's own comparison (by parts), without its cost: a tree may hold
+    # thousands of objects, and every generation lists them all
+    base = root.absolute()
+    prefix = len(str(base).rstrip("/")) + 1
+    objects = {str(p)[prefix:]: p for p in sorted(base.rglob("*.o"), key=lambda p: p.parts)}
     if not objects:
         raise GenerateError(f"{root}: no object files (.o) found below it",
                             hint="build with the katana SCons tool, or pass the build directory")

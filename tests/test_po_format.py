@@ -530,8 +530,10 @@ def test_every_metadata_field_damaged(rich_bytes):
 def test_metadata_keys_removed_and_added(rich_bytes):
     meta = _meta_of(rich_bytes)
     for path in _leaves(meta):
-        # every key is required, but for the names of types, which nothing may reference
-        if path and isinstance(path[-1], str) and path[:-1] != ("types",):
+        # every key is required, but for the names of types, which nothing may reference, and
+        # the code's CFI (absent in POs written before it; a section without it is not unwound)
+        if path and isinstance(path[-1], str) and path[:-1] != ("types",) and \
+                path[0] != "cfi":
             parent = copy.deepcopy(meta)
             target = parent
             for key in path[:-1]:
@@ -612,3 +614,15 @@ def test_every_flipped_code_or_data_byte_is_caught(rich_bytes):
             damaged[i] ^= 0x01
             with pytest.raises(FormatError):
                 read_po(bytes(damaged))
+
+
+def test_metadata_without_cfi_reads(rich_bytes):
+    """A PO written before the code's CFI was kept still reads (its code is simply not
+    unwound through); a cfi entry naming no code section is an error."""
+    meta = _meta_of(rich_bytes)
+    old = copy.deepcopy(meta)
+    old.pop("cfi", None)
+    assert _outcome(_with_meta(rich_bytes, json.dumps(old).encode())) != "error"
+    bad = copy.deepcopy(meta)
+    bad["cfi"] = {"9999": "00"}
+    assert _outcome(_with_meta(rich_bytes, json.dumps(bad).encode())) == "error"

@@ -220,3 +220,34 @@ def test_sigaltstack_frame_is_followed(tmp_path, pie):
         assert _maps(live.pid) == maps
     finally:
         live.kill()
+
+
+@PIE
+def test_revert_waits_for_patched_code_to_return(tmp_path, pie):
+    """The patch's code carries its CFI into the record: a revert while the patched work()
+    sleeps inside it unwinds through it, hooks its return and reverts on that return."""
+    exes = build_scenario("slow_return", tmp_path, pie=pie)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(exes["v0"].parent), str(exes["v1"].parent), "prog",
+           check=True)
+    from katana.po import load_po
+    loaded = load_po(po)
+    work = next(f for f in loaded.meta.functions if f.name == "work")
+    section = loaded.symbols[work.symbol].section
+    assert str(section) in loaded.meta.cfi
+    from katana.engine.cfi import fde_from_blob
+    fde = fde_from_blob(loaded.meta.cfi[str(section)], 0x1000)
+    assert fde.end - fde.start == work.new_size
+    config = tmp_path / "k.conf"
+    config.write_text("{maxWaitForPatching: 5}")
+    live = Live([str(exes["v0"])])
+    try:
+        live.wait_for(r"^tick 1 result 100001$", timeout=20)
+        katana("-c", str(config), "apply", str(po), str(live.pid), check=True)
+        live.wait_for(r"^tick \d+ result 2\d{5}$", timeout=20)
+        result = katana("-c", str(config), "-v", "revert", str(live.pid))
+        assert result.returncode == 0, result.stderr
+        mark = live.mark()
+        live.wait_for(r"^tick \d+ result 1\d{5}$", after=mark, timeout=20)
+    finally:
+        live.kill()

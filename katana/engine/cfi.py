@@ -445,3 +445,29 @@ def _read_hdr(read: Read, bias: int, hdr: int, build_id: str) -> ObjectCfi:
     locs = array("q", (hdr + table[2 * i] - bias for i in range(count)))
     fdes = array("q", (hdr + table[2 * i + 1] - bias for i in range(count)))
     return ObjectCfi(build_id, locs, fdes)
+
+
+# -- CFI a Patch Object carries for its code (katana.elf.ehframe) ----------------------------
+
+def fde_from_blob(blob: str, section: int) -> Fde:
+    """The FDE of a patch's code section loaded at ``section``, from its PO blob."""
+    cur = _Cursor(bytes.fromhex(blob), 0)
+    code_align, data_align, ra_reg = cur.uleb(), cur.sleb(), cur.uleb()
+    offset, length = cur.uleb(), cur.uleb()
+    cie_code = cur.block(cur.uleb())
+    cie = Cie(code_align, data_align, ra_reg, 0, False, False, cie_code)
+    start = section + offset
+    return Fde(start, start + length, cie, cur.data[cur.pos:])
+
+
+class PatchCfi:
+    """The FDEs of the patches already loaded in a process, from their records."""
+
+    def __init__(self, fdes: list[Fde]) -> None:
+        self.fdes = sorted(fdes, key=lambda f: f.start)
+        self.starts = [f.start for f in self.fdes]
+        self.build_id = ""
+
+    def find(self, read: Read, bias: int, pc: int) -> Fde | None:
+        i = bisect.bisect_right(self.starts, pc) - 1
+        return self.fdes[i] if i >= 0 and pc < self.fdes[i].end else None

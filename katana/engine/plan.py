@@ -282,6 +282,7 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
     rec.refs = _data_references(plan, base)
     rec.variables = [{"name": v.name, "status": v.status} for v in m.variables]
     rec.revertible = not any(v.status == "transformed" for v in m.variables)
+    rec.cfi = [[base + plan.layout.offsets[int(k)], blob] for k, blob in sorted(m.cfi.items())]
     return rec
 
 

@@ -83,6 +83,8 @@ class Record:
     # variable key -> [[site, R_X86_64 type, field size, offset in the variable, in code?]]
     refs: dict[str, list[list]] = field(default_factory=dict)
     revertible: bool = True
+    # [[runtime address of a code section, its CFI (katana.elf.ehframe)]]: for later unwinds
+    cfi: list[list] = field(default_factory=list)
     audit: Audit | None = None  # None: applied by a katana that kept no audit
     reverted: Audit | None = None  # who reverted it (a record under REVERTED_MAGIC only)
 

@@ -180,6 +180,7 @@ class Checker:
         self.say = say
         self.read = _MemReader(pid)
         self.cfi = ProcessCfi(pid, self.read)
+        self._add_patch_cfi()
         self.hooks = ReturnHooks(pid)
         self.hooks.enabled &= return_hooks
         self.restorer = _find_restorer(self.read, procfs.read_maps(pid))
@@ -189,6 +190,21 @@ class Checker:
             bias = procfs.load_bias(pid)
             self.switch_returns = {r + bias for r in switch_returns(exe)}
         self.declared = declared
+
+    def _add_patch_cfi(self) -> None:
+        from katana.engine.cfi import CfiError, PatchCfi, fde_from_blob
+        from katana.engine.record import read_records
+
+        fdes, regions = [], []
+        for record in read_records(self.pid):
+            regions.append((record.region[0], record.region[0] + record.region[1]))
+            for section, blob in record.cfi:
+                try:
+                    fdes.append(fde_from_blob(blob, section))
+                except (CfiError, ValueError, IndexError):
+                    continue  # that code stays without CFI: unwinds through it stop there
+        if regions:
+            self.cfi.add_patches(regions, PatchCfi(fdes))
 
     def close(self) -> None:
         self.read.close()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from katana.engine import procfs
-from katana.engine.cfi import RA, CfiError, ObjectCfi, expr, read_object, row_at
+from katana.engine.cfi import RA, CfiError, ObjectCfi, PatchCfi, expr, read_object, row_at
 from katana.errors import TargetError
 
 # DWARF register numbers (psABI figure 3.36) of struct user_regs_struct's fields.
@@ -54,7 +54,7 @@ class _Object:
     start: int
     end: int
     name: str
-    cfi: ObjectCfi | None
+    cfi: ObjectCfi | PatchCfi | None
     bias: int
     reason: str
 
@@ -70,7 +70,14 @@ class ProcessCfi:
         self.pid = pid
         self.read = read
         self.objects: list[_Object] = []
+        self.patches: list[_Object] = []
         self.refresh(procfs.read_maps(pid))
+
+    def add_patches(self, regions: list[tuple[int, int]], cfi: PatchCfi) -> None:
+        """Code of patches already applied: their regions, unwound with the CFI their records
+        keep (searched before the mappings, which know nothing of it)."""
+        self.patches = [_Object(lo, hi, "patch code", cfi, 0, "no CFI kept for this code")
+                        for lo, hi in regions]
 
     def refresh(self, maps: list[procfs.Mapping]) -> None:
         """Index the executable mappings of ``maps`` by the object they belong to."""
@@ -99,6 +106,9 @@ class ProcessCfi:
         return _Object(m.start, m.end, os.path.basename(name), cfi, bias, reason)
 
     def object_at(self, pc: int) -> _Object | None:
+        for o in self.patches:
+            if o.start <= pc < o.end:
+                return o
         for o in self.objects:
             if o.start <= pc < o.end:
                 return o

@@ -5,6 +5,7 @@ from __future__ import annotations
 from katana import __version__
 from katana.buildflags import ENTRY_ROOM
 from katana.elf.buildid import read_build_id
+from katana.elf.ehframe import section_cfi
 from katana.elf.executable import Executable, open_executable
 from katana.elf.objfile import ObjSymbol, normalize_name
 from katana.errors import BuildError, GenerateError, NoChangeError
@@ -55,6 +56,17 @@ def _functions(closure: Closure, meta: Meta, exe: Executable) -> None:
                 pair.new.file_name if fn.local else None,
                 partner.name if partner is not None and partner.name != fn.name else None,
                 old_code))
+
+
+def _cfi(closure: Closure) -> dict[str, str]:
+    """The CFI of every code section the patch carries, by PO section index."""
+    found = {}
+    for (relpath, shndx), index in closure.section_index.items():
+        if closure.sections[index].kind == "text":
+            blob = section_cfi(closure.pairs[relpath].new, shndx)
+            if blob:
+                found[str(index)] = blob
+    return found
 
 
 def _refuse_main(closure: Closure, meta: Meta) -> None:
@@ -165,6 +177,7 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     closure.run()
     meta.safety = list({(f.name, f.file): f for f in meta.safety}.values())
     _refuse_main(closure, meta)
+    meta.cfi = _cfi(closure)
     if any(v.status == "transformed" for v in meta.variables) and not exe.has_emitted_relocs:
         raise BuildError(f"{old.executable} was linked without --emit-relocs: the references to "
                          "the variables whose layout changes cannot be found",

@@ -59,6 +59,11 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return obj
 
 
+# Fields added after format version 1, which a PO written before them does not have; every
+# other field is required.
+LATER_FIELDS = {("Meta", "cfi")}
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
@@ -130,12 +135,13 @@ class MetaDecoder:
 
     def object(self, cls: type, hints: dict[str, typing.Any], value: object, path: str) -> object:
         self.expect(isinstance(value, dict), path, "an object", value)
-        missing = [k for k in hints if k not in value]  # type: ignore[operator]
+        missing = [k for k in hints if k not in value  # type: ignore[operator]
+                   and (cls.__name__, k) not in LATER_FIELDS]
         unknown = [k for k in value if k not in hints]  # type: ignore[union-attr]
         if missing or unknown:
             raise self.fail(path, f"missing fields {missing}, unknown fields {unknown}")
         return cls(**{k: self.value(h, value[k], f"{path}.{k}" if path else k)  # type: ignore[index]
-                      for k, h in hints.items()})
+                      for k, h in hints.items() if k in value})  # type: ignore[operator]
 
     def bytes(self, value: object, path: str) -> bytes:
         ref = self.value(_BytesRef, value, path)
@@ -190,6 +196,14 @@ def check_meta(po: PatchObject, error: Fail) -> None:
 
     for i, f in enumerate(meta.functions):
         defined(f.symbol, f"functions[{i}].symbol")
+    for key, blob in meta.cfi.items():
+        if not key.isdigit() or int(key) >= len(po.sections) or \
+                po.sections[int(key)].kind != "text":
+            raise error(f"{META_SECTION} cfi[{key!r}]: not a code section of the PO")
+        try:
+            bytes.fromhex(blob)
+        except ValueError:
+            raise error(f"{META_SECTION} cfi[{key!r}]: not a hex string") from None
     for i, v in enumerate(meta.variables):
         path = f"variables[{i}]"
         if v.status != "kept" or v.symbol is not None:

@@ -144,6 +144,9 @@ class Meta:
     warnings: list[str] = field(default_factory=list)
     pie: bool = True
     digest: str = ""  # katana.po.digest.content_digest of the PO: set by the writer
+    # code section index (as a string) -> its call frame information (katana.elf.ehframe), so
+    # that a later safe point can unwind through this patch's code once it is loaded
+    cfi: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

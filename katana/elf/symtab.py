@@ -161,7 +161,8 @@ def _read_symtab(path: str) -> list[ElfSymbol]:
                 raise BuildError(
                     f"{path} has no .symtab: it was stripped",
                     hint="patching needs the build's own executable, symbols kept (the katana "
-                         "SCons tool refuses -s and --strip-all)",
+                         "SCons tool refuses -s and --strip-all; for make, link with "
+                         "`katana flags --ldflags` and without -s)",
                 )
             data = symtab.data()
             strtab = elf.get_section(symtab["sh_link"]).data()

@@ -46,7 +46,8 @@ def exit_code_table() -> str:
 
 
 _QUIET_HELP = ("no progress lines: print only errors, warnings and what the command is asked "
-               "for (list, status, config, flags; the summary line of 'apply ... all')")
+               "for (what list, status, config and flags show; the summary of generate and of "
+               "'apply ... all')")
 _VERBOSE_HELP = ("say more: every place rewritten, timings by phase (-vv: debug); overrides the "
                  "configuration's verbosity")
 _CONFIG_HELP = "configuration file read after /etc/katana, ~/.katana, ~/.config/katana, ./.katana"

@@ -369,7 +369,11 @@ def _cmd_flags(args: argparse.Namespace, config) -> int:
                                        ldflags)
         print("\n".join(lines))
         return 0
-    top = os.path.abspath(args.prefix_map or os.getcwd())
+    try:
+        top = os.path.abspath(args.prefix_map or os.getcwd())
+    except FileNotFoundError:  # the shell's directory was removed under it
+        raise UsageError("the current directory no longer exists",
+                         hint="cd to the build's directory, or give --prefix-map DIR") from None
     if buildflags.unsafe_directory(top):
         raise UsageError(f"{top} holds a space, quote, backslash, $ or backquote, which the "
                          "shell would split or expand in $(katana flags)",

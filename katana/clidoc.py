@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 
 from katana import __version__
 
@@ -76,7 +77,11 @@ def man_page(parser: argparse.ArgumentParser) -> str:
     from katana.config import default_paths
     from katana.errors import exit_codes
 
-    date = datetime.date.today().isoformat()
+    # SOURCE_DATE_EPOCH: a package build writes the same page twice (reproducible builds)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch.isdigit() else \
+        datetime.datetime.now(datetime.UTC)
+    date = when.date().isoformat()
     lines = [f'.TH KATANA 1 "{date}" "katana {__version__}" "User Commands"',
              ".SH NAME", "katana \\- " + _roff("hot patches as build artifacts"),
              ".SH SYNOPSIS", "\\fBkatana\\fR [\\fB\\-c\\fR \\fIFILE\\fR] [\\fB\\-v\\fR|"

@@ -34,7 +34,7 @@ def fake_cc(tmp_path: Path, name: str, version: str, dump: str) -> str:
 
 
 def test_cflags_are_the_scons_tools_for_this_compiler(tmp_path: Path):
-    out = flags("--cflags", cwd=tmp_path)
+    out = flags("--cflags", cwd=tmp_path, env={"CC": "cc"})
     assert out.returncode == 0 and out.stderr == "", out.stderr
     compiler = buildflags.probe_compiler(["cc"], os.environ)
     assert out.stdout.split() == buildflags.compile_flags(str(tmp_path.resolve()), compiler, True)

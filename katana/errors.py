@@ -96,6 +96,34 @@ class KeyFileError(KatanaError):
 
 
 INTERNAL_ERROR_EXIT = 70
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE: what `yes | head -1` reports for yes
+
+_OTHER_EXITS = {
+    0: "success",
+    INTERNAL_ERROR_EXIT: "a bug in katana (run again with -v for the trace, and report it)",
+    INTERRUPTED_EXIT: "interrupted (Ctrl-C)",
+    BROKEN_PIPE_EXIT: "the reader of the output went away (| head): quiet",
+}
+
+
+def exit_codes() -> list[tuple[int, str]]:
+    """(exit code, meaning) for every code the CLI can return, from this module's classes.
+
+    The meaning is the first sentence of the class docstring, so that ``--help`` and the man page
+    follow the exception tree instead of a copy of it.
+    """
+    codes = dict(_OTHER_EXITS)
+    pending: list[type[KatanaError]] = [KatanaError]
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        if cls is KatanaError or cls.exit_code in codes:
+            continue  # a child without a code of its own shares its parent's line
+        doc = " ".join((cls.__doc__ or cls.__name__).split())
+        first = doc.split(". ")[0].rstrip(".")
+        codes[cls.exit_code] = first[:1].lower() + first[1:]
+    return sorted(codes.items())
 
 
 def check(condition: object, error: type[KatanaError], message: str) -> None:

@@ -199,7 +199,8 @@ def _manifest(version: str, programs: Mapping[str, ProgramSpec], sources: dict[s
         build_id = read_build_id(exe)
         if build_id is None:
             raise BuildError(f"{exe} has no GNU build-id, so a patch could not be tied to it",
-                             hint="link with -Wl,--build-id=sha1 (the katana tool adds it)")
+                             hint="link with -Wl,--build-id=sha1 (the katana tool adds it; "
+                                  "`katana flags --ldflags` prints it)")
         entries[name] = {"path": exe_rel, "kind": kind, "build_id": build_id,
                          "sha256": files[exe_rel],
                          "objects": [by_path[Path(o).absolute()] for o in objects]}

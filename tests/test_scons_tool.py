@@ -57,6 +57,15 @@ def test_flags_are_on_the_command_lines_exactly_once(tmp_path):
         assert args.count(flag) == 1, (flag, args)
 
 
+def test_loaded_before_default_the_tool_cannot_do_its_job(tmp_path):
+    # why docs/scons-tool.md says "after": loaded first, the tool runs before $CC is set (no GCC
+    # version, so no -flive-patching) and before the link tool resets LINKFLAGS
+    env = SCons.Environment.Environment(tools=[generate, "default"])
+    assert "-Wl,--emit-relocs" not in env.subst("$LINKFLAGS").split()
+    assert buildflags.LIVE_PATCHING not in compile_args(env, tmp_path)
+    assert buildflags.LIVE_PATCHING in compile_args(katana_env(), tmp_path, "y")
+
+
 def test_a_users_string_flags_are_not_doubled(tmp_path):
     # Environment(CCFLAGS=...) puts the user's value back after the tools ran: the flags must
     # still arrive, added when the object is declared, and -g not twice

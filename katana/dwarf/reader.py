@@ -111,7 +111,8 @@ class ObjectDwarf:
         if not self._elf.has_dwarf_info() or self._elf.get_section_by_name(".debug_info") is None:
             raise BuildError(
                 f"{self.path}: no DWARF debug information",
-                hint="compile with -g (the katana SCons tool adds it): types of globals need it",
+                hint="compile with -g (the katana SCons tool adds it; for make or CMake, "
+                     "`katana flags` prints every flag needed): types of globals need it",
             )
         # A .o's DWARF points into other sections (.debug_str, .debug_abbrev, ...) through
         # relocations the linker has not applied yet: pyelftools applies .rela.debug_* for us.

@@ -166,7 +166,8 @@ def _read_symtab(path: str, files: set[str] | None = None) -> list[ElfSymbol]:
         raise BuildError(
             f"{path} has no .symtab: it was stripped",
             hint="patching needs the build's own executable, symbols kept (the katana "
-                 "SCons tool refuses -s and --strip-all)",
+                 "SCons tool refuses -s and --strip-all; for make, link with "
+                 "`katana flags --ldflags` and without -s)",
         )
     return list(_parse(data, strtab, files))
 

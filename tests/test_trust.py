@@ -160,7 +160,9 @@ def test_trusted_keys_that_are_missing_or_writable_by_others(built, tmp_path):
 
 def test_help_lists_the_new_exit_codes():
     out = katana("--help", check=True).stdout
-    assert "12  refused: unsigned" in out and "13  key file" in out
+    # the table is generated from katana.errors' classes (cli.exit_code_table)
+    assert "12  a Patch Object was refused on trust" in out
+    assert "13  a signing or trusted key file" in out
     for command in ("keygen", "sign", "verify"):
         assert command in out
 

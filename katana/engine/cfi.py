@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from katana.errors import KatanaError
+from katana.errors import FormatError
 
 Read = Callable[[int, int], bytes]
 
@@ -39,8 +39,9 @@ _DATAREL_SDATA4 = 0x3B
 RA = 16  # x86-64 DWARF register 16 is the return address (psABI figure 3.36)
 
 
-class CfiError(KatanaError):
-    """CFI we cannot follow: the unwind stops here and the verdict stays conservative."""
+class CfiError(FormatError):
+    """CFI we cannot follow. Never reaches a user: the unwind stops there and the verdict
+    stays conservative (a FormatError, so that it shares that exit code's line in --help)."""
 
 
 @dataclass(frozen=True)

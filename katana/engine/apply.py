@@ -106,6 +106,6 @@ def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
         for site in commit.sites:
             say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     finally:
-        if proc.attached:
+        if proc.seized:
             proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
     return record

@@ -1,16 +1,18 @@
-"""A traced process: every thread stopped, memory and registers at hand.
+"""A traced process: threads seized, stopped on demand, memory and registers at hand.
 
-``Process`` attaches to all threads with PTRACE_ATTACH (each thread gets a SIGSTOP that we wait for
-and then suppress), so the target sees no signal of ours. Signals that arrive while we hold a thread
-are recorded and re-delivered when we let go, with their original siginfo, so none is lost.
+``Process`` seizes every thread with PTRACE_SEIZE (PTRACE_O_TRACECLONE: threads created later are
+traced from their first instruction) and stops them with PTRACE_INTERRUPT. Unlike PTRACE_ATTACH,
+neither sends a signal: ATTACH's SIGSTOP outlives a tracer that dies before the stop is consumed
+and leaves the whole process stopped (state T, no tracer); with SEIZE the kernel simply detaches
+and restarts every tracee when the tracer dies (kernel/ptrace.c exit_ptrace), so a katana killed
+at any instant leaves no stopped process behind.
 
-Between safe-point attempts the process must run freely, so ``resume()`` detaches every thread and
-``stop()`` attaches again. We chose that over PTRACE_CONT-ing the threads while still attached:
-a traced thread that gets a signal stops until its tracer answers (and we would be asleep), and
-threads created meanwhile would not be traced; a fresh attach sees the new threads and costs a few
-syscalls per thread.
+Signals that arrive while we hold a thread stop it in a signal-delivery-stop; they are recorded
+and re-delivered (with their original siginfo) when the thread runs again, so none is lost.
+Between safe-point attempts ``resume()`` lets every thread run while staying seized; signals that
+reach a thread meanwhile stop it until ``idle()`` or ``wait_event()`` passes them on.
 
-ptrace requests are only accepted from the thread that attached (the kernel's tracer is a thread,
+ptrace requests are only accepted from the thread that seized (the kernel's tracer is a thread,
 not a process), so a ``Process`` must be used from one Python thread.
 """
 
@@ -23,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from katana.engine import procfs
@@ -34,12 +37,35 @@ T = TypeVar("T")
 
 # Signals that a faulting instruction raises (si_code > 0 means the kernel, not kill(2), sent it).
 _FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
+# A PTRACE_EVENT_STOP with one of these is a group-stop (the process was stopped by a signal):
+# such a thread must be left in it with PTRACE_LISTEN, not restarted (man 2 ptrace, "group-stop").
+_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+U_DEBUGREG = 848  # offsetof(struct user, u_debugreg) on x86-64
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stop of one thread seen while the process runs: a signal it received (``sig``) and the
+    signal's si_code (TRAP_HWBKPT, TRAP_BRKPT... for SIGTRAP). The thread stays stopped until
+    ``resume_thread``."""
+
+    tid: int
+    sig: int
+    siginfo_code: int
+
+
+@dataclass
+class _Thread:
+    stopped: bool = False
+    kind: str = ""  # the stop it is in: "event" (interrupt, clone), "group", "signal"
+    pending: list[tuple[int, bytes | None]] = field(default_factory=list)  # to re-deliver
+    interrupted: bool = False  # PTRACE_INTERRUPT sent, its stop not yet seen
 
 
 class Process:
     """A process whose threads we stop and inspect. Use as a context manager::
 
-        with Process(pid) as proc:      # attaches every thread
+        with Process(pid) as proc:      # seizes and stops every thread
             proc.write(addr, code)
         # detached here, even on error
 
@@ -51,13 +77,11 @@ class Process:
     def __init__(self, pid: int, *, check_writes: bool = False, use_proc_mem: bool = True) -> None:
         self.pid = pid
         self.memory = Memory(pid, check_writes=check_writes, use_proc_mem=use_proc_mem)
-        self.tids: list[int] = []
-        self.attached = False
-        # Per-attachment cache for engine helpers (syscall gadget, trap address): cleared on
-        # detach, since the process may map and unmap while it runs.
+        self.seized = False
+        self.attached = False  # every thread held stopped by us
+        # Cache for engine helpers (syscall gadget, trap address, stub): kept while seized.
         self.memo: dict[str, object] = {}
-        self._pending: dict[int, list[tuple[int, bytes | None]]] = {}
-        self._requested: list[int] = []
+        self._threads: dict[int, _Thread] = {}
         self._owner: int | None = None
         # How long the target was held, over every stop: what it experienced, not what we did.
         self.stops = 0
@@ -65,53 +89,89 @@ class Process:
         self.longest_stop = 0.0
         self._stopped_since: float | None = None
 
-    # -- attach / detach ---------------------------------------------------------------------
+    @property
+    def tids(self) -> list[int]:
+        """The threads we trace, the leader first when alive."""
+        return sorted(self._threads, key=lambda tid: tid != self.pid)
+
+    # -- seize / stop / resume / detach ------------------------------------------------------
 
     def __enter__(self) -> Process:
-        self.attach()
+        self.stop()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
-    def attach(self) -> None:
-        """Stop every thread: attach each one in /proc/PID/task until no new thread appears."""
-        if self.attached:
+    def seize(self) -> None:
+        """PTRACE_SEIZE every thread (until no new one appears); they keep running."""
+        if self.seized:
             return
         procfs.check_process(self.pid)
-        started = time.monotonic()
         self._owner = threading.get_ident()
-        self._pending = {}
-        self.tids = []
-        seen: set[int] = set()
-        self._requested = []
+        self._threads = {}
+        self.seized = True
         try:
+            seen: set[int] = set()
             while new := [t for t in procfs.thread_ids(self.pid) if t not in seen]:
-                # Ask every thread first, then wait for each stop: waiting thread by thread
-                # would hold the first ones stopped for N scheduling delays on a busy machine.
+                # A thread created by one we had not seized yet is not auto-traced: the next
+                # pass over /proc/PID/task finds it.
                 seen.update(new)
-                self._requested = [t for t in new if self._request_attach(t)]
-                for tid in self._requested:
-                    if self._await_stop(tid):
-                        self.tids.append(tid)
-                self._requested = []
-            if not self.tids:
+                for tid in new:
+                    if self._seize_thread(tid):
+                        self._threads.setdefault(tid, _Thread())
+            if not self._threads:
                 raise TargetError(f"no process {self.pid}", hint="it exited while attaching")
             self.memory.open(self._leader_or_first())
         except BaseException:
-            self._detach_all()
+            self._release()
+            raise
+
+    def attach(self) -> None:
+        """Seize and stop every thread (the same as ``stop()``)."""
+        self.stop()
+
+    def stop(self) -> None:
+        """Interrupt every thread and wait until all are stopped (seizing first if needed)."""
+        if self.attached:
+            return
+        self.seize()
+        self._check_owner()
+        started = time.monotonic()
+        try:
+            self._drain()
+            for tid, th in list(self._threads.items()):
+                if not th.stopped and not th.interrupted:
+                    self._interrupt(tid)
+            while waiting := [t for t, th in self._threads.items() if not th.stopped]:
+                for tid in waiting:
+                    if tid in self._threads:
+                        self._handle(tid, self._waitpid(tid, block=True), stopping=True)
+            if not self._threads:
+                raise TargetError(f"process {self.pid} exited while katana was stopping it")
+        except BaseException:
+            self._stopped_since = started
+            self.attached = True
+            self._release()
             raise
         self.attached = True
         self.stops += 1
         self._stopped_since = started
 
-    def stop(self) -> None:
-        """Stop the process again after ``resume()`` (the same as ``attach()``)."""
-        self.attach()
-
     def resume(self) -> None:
-        """Let the process run freely (detach every thread); ``stop()`` stops it again."""
-        self.detach()
+        """Let every thread run again, staying seized (``stop()`` stops them again)."""
+        if not self.seized:
+            return
+        self._check_owner()
+        for tid in list(self._threads):
+            self._restart(tid)
+        self._end_hold()
+
+    def resume_thread(self, tid: int) -> None:
+        """Let one stopped thread run on, delivering the signal it stopped for (if any)."""
+        self._check_owner()
+        if tid in self._threads:
+            self._restart(tid)
 
     def detach(self, *, leave_stopped: bool = False) -> None:
         """Detach every thread, re-delivering recorded signals. Idempotent.
@@ -119,40 +179,55 @@ class Process:
         ``leave_stopped`` queues a process-wide SIGSTOP first: the first thread to run takes it
         and the whole thread group stops (as if the user had sent it), for `kill -CONT` later.
         """
-        if not self.attached:
+        if not self.seized:
             return
         self._check_owner()
+        if not self.attached:
+            # PTRACE_DETACH needs the tracee in a ptrace-stop.
+            self.stop()
         if leave_stopped:
             os.kill(self.pid, signal.SIGSTOP)
-        self._detach_all()
+        self._release()
 
-    def _detach_all(self) -> None:
-        for tid in self._requested:  # attach requested, stop not yet seen
-            if tid not in self.tids and self._await_stop(tid):
-                self.tids.append(tid)
-        self._requested = []
+    def _release(self) -> None:
+        """Detach from every thread (stopping running ones first, as PTRACE_DETACH needs)."""
+        for tid, th in list(self._threads.items()):
+            if not th.stopped and not th.interrupted:
+                with contextlib.suppress(OSError):
+                    pt.ptrace(pt.PTRACE_INTERRUPT, tid)
+                    th.interrupted = True
+        errors = []
+        for tid in list(self._threads):
+            th = self._threads.get(tid)
+            while th is not None and not th.stopped:
+                self._handle(tid, self._waitpid(tid, block=True), stopping=True)
+                th = self._threads.get(tid)
+            if th is None:
+                continue
+            try:
+                self._detach_thread(tid, th)
+            except OSError as e:
+                errors.append(e)
+        self._threads = {}
+        self.memory.close()
+        self.memo.clear()
+        self.seized = False
+        self._end_hold()
+        if errors:
+            raise TargetError(f"cannot detach from process {self.pid}: {errors[0].strerror}")
+
+    def _end_hold(self) -> None:
         if self._stopped_since is not None:
             held = time.monotonic() - self._stopped_since
             self.stopped_seconds += held
             self.longest_stop = max(self.longest_stop, held)
             self._stopped_since = None
-        self.memory.close()
-        errors = []
-        for tid in self.tids:
-            try:
-                self._detach_thread(tid)
-            except OSError as e:
-                errors.append(e)
-        self.tids = []
-        self.memo.clear()
         self.attached = False
-        if errors:
-            raise TargetError(f"cannot detach from process {self.pid}: {errors[0].strerror}")
 
-    def _request_attach(self, tid: int) -> bool:
-        """PTRACE_ATTACH one thread (its SIGSTOP is on the way); False when the thread is gone."""
+    def _seize_thread(self, tid: int) -> bool:
+        """PTRACE_SEIZE one thread; False when it is gone."""
         try:
-            pt.ptrace(pt.PTRACE_ATTACH, tid)
+            pt.ptrace(pt.PTRACE_SEIZE, tid, 0, pt.PTRACE_O_TRACECLONE)
         except OSError as e:
             if e.errno == errno.ESRCH or _is_zombie(self.pid, tid):
                 return False
@@ -161,38 +236,55 @@ class Process:
             raise TargetError(f"cannot attach to thread {tid}: {e.strerror}") from None
         return True
 
-    def _await_stop(self, tid: int) -> bool:
-        """Wait for an attached thread's SIGSTOP; False when the thread is gone."""
-        while True:
-            status = self._waitpid(tid)
-            if status is None:
-                return False
-            sig = os.WSTOPSIG(status)
-            if sig == signal.SIGSTOP:
-                return True
-            # Some other signal reached the thread before our SIGSTOP: keep it for detach, and
-            # let the thread go on to the SIGSTOP (still pending, so no user code runs).
-            self._record(tid, sig)
-            try:
-                pt.ptrace(pt.PTRACE_CONT, tid, 0, 0)
-            except OSError:
-                return False  # ESRCH: killed meanwhile
-
-    def _detach_thread(self, tid: int) -> None:
-        pending = self._pending.pop(tid, [])
-        sig = 0
+    def _interrupt(self, tid: int) -> None:
         try:
-            # PTRACE_DETACH delivers one signal; queue the others first (rare: standard signals
-            # do not queue anyway).
-            for extra, _ in pending[1:]:
-                pt.tgkill(self.pid, tid, extra)
-            if pending:
-                sig, info = pending[0]
+            pt.ptrace(pt.PTRACE_INTERRUPT, tid)
+        except OSError:
+            self._threads.pop(tid, None)  # ESRCH: gone
+            return
+        self._threads[tid].interrupted = True
+
+    def _restart(self, tid: int) -> None:
+        th = self._threads[tid]
+        if not th.stopped:
+            return
+        try:
+            if th.kind == "group":
+                # Stay in the group-stop the user asked for, but report SIGCONT to us.
+                pt.ptrace(pt.PTRACE_LISTEN, tid)
+            else:
+                pt.ptrace(pt.PTRACE_CONT, tid, 0, self._signal_to_deliver(tid, th))
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                raise TargetError(f"cannot resume thread {tid}: {e.strerror}") from None
+            self._threads.pop(tid, None)
+            return
+        th.stopped, th.kind = False, ""
+
+    def _signal_to_deliver(self, tid: int, th: _Thread) -> int:
+        """The signal to pass to PTRACE_CONT/DETACH: the one the thread stopped for, with its
+        siginfo. Only a signal-delivery-stop can deliver one (the kernel ignores the argument
+        in other stops), so elsewhere, and for any extra, the signal is queued again."""
+        pending, th.pending = th.pending, []
+        if not pending:
+            return 0
+        first = 0
+        for sig, info in pending:
+            if th.kind == "signal" and not first:
+                first = sig
                 if info is not None:
-                    # The kernel keeps a siginfo whose si_signo equals the delivered signal, so
-                    # the handler sees the original sender and fault address.
+                    # The kernel keeps a siginfo whose si_signo equals the delivered signal,
+                    # so the handler sees the original sender and fault address.
                     _ignore_errors(pt.set_siginfo, tid, info)
-            pt.ptrace(pt.PTRACE_DETACH, tid, 0, sig)
+            else:
+                _ignore_errors(pt.tgkill, self.pid, tid, sig)
+        return first
+
+    def _detach_thread(self, tid: int, th: _Thread) -> None:
+        try:
+            # A thread in group-stop stays stopped after PTRACE_DETACH (__ptrace_unlink
+            # re-arms JOBCTL_STOP_PENDING), which is what the user's SIGSTOP wanted.
+            pt.ptrace(pt.PTRACE_DETACH, tid, 0, self._signal_to_deliver(tid, th))
         except OSError as e:
             if e.errno != errno.ESRCH:  # ESRCH: the thread exited meanwhile, nothing to undo
                 raise
@@ -212,80 +304,157 @@ class Process:
 
     # -- waiting and signals -----------------------------------------------------------------
 
-    def _waitpid(self, tid: int, deadline: float | None = None) -> int | None:
-        """Wait until ``tid`` stops; its status, None if it exited, 0 at the deadline."""
-        flags = pt.WALL if deadline is None else pt.WALL | os.WNOHANG
-        delay = 0.0002
-        while True:
-            try:
-                got, status = os.waitpid(tid, flags)
-            except ChildProcessError:
-                return None
-            if got == 0:
-                if time.monotonic() >= deadline:  # type: ignore[operator]
-                    return 0
-                time.sleep(delay)
-                delay = min(delay * 2, 0.005)
-                continue
-            if os.WIFSTOPPED(status):
-                return status
-            if tid in self.tids:
-                self.tids.remove(tid)
+    def _waitpid(self, tid: int, block: bool) -> int | None:
+        """One wait for ``tid``: its raw status, 0 when nothing happened (non-blocking), None
+        when it is gone."""
+        try:
+            got, status = os.waitpid(tid, pt.WALL | (0 if block else os.WNOHANG))
+        except ChildProcessError:
             return None
+        if got == 0:
+            return 0
+        return status
 
-    def _record(self, tid: int, sig: int) -> None:
-        info = _ignore_errors(pt.get_siginfo, tid)
-        self._pending.setdefault(tid, []).append((sig, info))
+    def _handle(self, tid: int, status: int | None, *, stopping: bool) -> Event | None:
+        """Account for one wait status of ``tid``. Returns an Event for a signal-delivery-stop
+        seen while running (the thread stays stopped); threads that exit are dropped, new ones
+        added, and stops that mean nothing to the caller are restarted unless ``stopping``."""
+        if status == 0:
+            return None
+        th = self._threads.get(tid)
+        if status is None or not os.WIFSTOPPED(status):
+            self._threads.pop(tid, None)
+            return None
+        if th is None:
+            th = self._threads[tid] = _Thread()
+        sig, event = os.WSTOPSIG(status), status >> 16
+        # Any ptrace-stop clears a pending PTRACE_INTERRUPT (ptrace_stop: "any trap clears
+        # pending STOP trap"), so whatever stop comes first answers our interrupt.
+        th.interrupted = False
+        th.stopped = True
+        if event == pt.PTRACE_EVENT_CLONE:
+            with contextlib.suppress(OSError):
+                child = pt.event_msg(tid)
+                # The new thread is seized by the kernel and starts in a PTRACE_EVENT_STOP.
+                self._threads.setdefault(child, _Thread())
+            th.kind = "event"
+        elif event == pt.PTRACE_EVENT_STOP:
+            th.kind = "group" if sig in _STOP_SIGNALS else "event"
+        elif event:
+            th.kind = "event"
+        else:
+            th.kind = "signal"
+            info = _ignore_errors(pt.get_siginfo, tid)
+            if sig != signal.SIGTRAP:
+                th.pending.append((sig, info))
+            if not stopping:
+                code = pt.siginfo_code(info) if info is not None else 0
+                return Event(tid, sig, code)
+        if not stopping:
+            self._restart(tid)
+        return None
+
+    def _drain(self) -> None:
+        """Take every stop that happened while running, without blocking."""
+        for tid, th in list(self._threads.items()):
+            if not th.stopped:
+                self._handle(tid, self._waitpid(tid, block=False), stopping=True)
+
+    def wait_event(self, deadline: float) -> Event | None:
+        """While resumed: the next signal-delivery-stop of any thread (the thread left stopped;
+        a signal other than SIGTRAP is re-delivered by ``resume_thread``), or None at the
+        ``deadline`` (time.monotonic()). Threads created or exited meanwhile are handled."""
+        self._check_owner()
+        delay = 0.00005
+        while True:
+            for tid, th in list(self._threads.items()):
+                if th.stopped:
+                    continue
+                got = self._handle(tid, self._waitpid(tid, block=False), stopping=False)
+                if got is not None:
+                    return got
+            if not self._threads:
+                raise TargetError(f"process {self.pid} exited")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.002)
+
+    def idle(self, seconds: float) -> None:
+        """Let the process run for ``seconds`` while seized, passing every signal on at once."""
+        deadline = time.monotonic() + seconds
+        while (event := self.wait_event(deadline)) is not None:
+            self.resume_thread(event.tid)
 
     def pending_signals(self, tid: int) -> list[int]:
-        """Signals held back for ``tid``, to be delivered on detach."""
-        return [sig for sig, _ in self._pending.get(tid, [])]
+        """Signals held back for ``tid``, to be delivered when it runs again."""
+        th = self._threads.get(tid)
+        return [sig for sig, _ in th.pending] if th else []
+
+    def stop_thread(self, tid: int) -> None:
+        """Interrupt one running thread and wait for its stop (other threads run on)."""
+        self._check_owner()
+        th = self._threads.get(tid)
+        if th is None:
+            raise TargetError(f"thread {tid} of process {self.pid} has exited")
+        if th.stopped:
+            return
+        if not th.interrupted:
+            self._interrupt(tid)
+        while (th := self._threads.get(tid)) is not None and not th.stopped:
+            self._handle(tid, self._waitpid(tid, block=True), stopping=True)
+        if th is None:
+            raise TargetError(f"thread {tid} of process {self.pid} exited")
+
+    def thread_stopped(self, tid: int) -> bool:
+        """Whether ``tid`` is in a ptrace-stop we hold (group-stop included)."""
+        th = self._threads.get(tid)
+        return th is not None and th.stopped
+
+    def in_group_stop(self, tid: int) -> bool:
+        """Whether ``tid`` is stopped by a stop signal (SIGSTOP...) the process received."""
+        th = self._threads.get(tid)
+        return th is not None and th.stopped and th.kind == "group"
 
     def _resume_until_trap(self, tid: int, request: int, deadline: float | None) -> bool:
         """Resume ``tid`` with ``request`` until it stops with SIGTRAP; False at the deadline.
 
-        Other signals that arrive are recorded for detach and the thread resumed; a SIGSTOP is
-        ours (the attach's, or a timeout's) and is dropped.
+        Other signals that arrive are recorded for later and the thread resumed.
         """
         self._call(pt.ptrace, request, tid, 0, 0)
+        th = self._threads[tid]
+        th.stopped = False
         while True:
-            status = self._waitpid(tid, deadline)
-            if status is None:
-                raise TargetError(f"thread {tid} of process {self.pid} exited while stopped")
+            status = self._waitpid(tid, block=deadline is None)
             if status == 0:
-                self._interrupt(tid)
-                return False
-            sig = os.WSTOPSIG(status)
-            if sig == signal.SIGTRAP:
+                if time.monotonic() >= deadline:  # type: ignore[operator]
+                    self.stop_thread(tid)
+                    return False
+                time.sleep(0.0002)
+                continue
+            if status is None or not os.WIFSTOPPED(status):
+                self._threads.pop(tid, None)
+                raise TargetError(f"thread {tid} of process {self.pid} exited while stopped")
+            sig, event = os.WSTOPSIG(status), status >> 16
+            th.stopped, th.interrupted = True, False
+            th.kind = "signal" if not event else "event"
+            if event == pt.PTRACE_EVENT_CLONE:
+                with contextlib.suppress(OSError):
+                    self._threads.setdefault(pt.event_msg(tid), _Thread())
+            elif not event and sig == signal.SIGTRAP:
                 return True
-            if sig in _FAULTS:
+            elif not event:
                 info = _ignore_errors(pt.get_siginfo, tid)
-                if info is not None and pt.siginfo_code(info) > 0:
+                if sig in _FAULTS and info is not None and pt.siginfo_code(info) > 0:
                     regs = self.get_regs(tid)
                     raise ApplyError(
                         f"injected code faulted in thread {tid}: {signal.Signals(sig).name} "
                         f"at {regs.rip:#x}"
                     )
-            if sig != signal.SIGSTOP:
-                self._record(tid, sig)
+                th.pending.append((sig, info))
             self._call(pt.ptrace, request, tid, 0, 0)
-
-    def _interrupt(self, tid: int) -> None:
-        """Stop a running thread with SIGSTOP and consume that SIGSTOP (never leave it pending:
-        once detached it would stop the whole process)."""
-        self._call(pt.tgkill, self.pid, tid, signal.SIGSTOP)
-        while True:
-            status = self._waitpid(tid)
-            if status is None:
-                raise TargetError(f"thread {tid} of process {self.pid} exited while stopped")
-            sig = os.WSTOPSIG(status)
-            if sig == signal.SIGSTOP:
-                return
-            if sig != signal.SIGTRAP:
-                self._record(tid, sig)
-            # Resuming from a signal-delivery-stop goes straight to the next pending signal
-            # (our SIGSTOP) inside the kernel's get_signal loop: no user instruction runs.
-            self._call(pt.ptrace, pt.PTRACE_CONT, tid, 0, 0)
+            th.stopped = False
 
     def single_step(self, tid: int) -> None:
         """Execute one instruction in ``tid`` (PTRACE_SINGLESTEP) and wait for its SIGTRAP."""
@@ -298,12 +467,22 @@ class Process:
         self._require_attached()
         return self._resume_until_trap(tid, pt.PTRACE_CONT, time.monotonic() + timeout)
 
+    def peek_user(self, tid: int, offset: int) -> int:
+        """PTRACE_PEEKUSER: a word of the thread's ``struct user`` (u_debugreg at 848)."""
+        self._require_seized()
+        return self._call(pt.peek_user, tid, offset)
+
+    def poke_user(self, tid: int, offset: int, value: int) -> None:
+        """PTRACE_POKEUSER: set a word of the thread's ``struct user`` (debug registers)."""
+        self._require_seized()
+        self._call(pt.poke_user, tid, offset, value)
+
     # -- registers ---------------------------------------------------------------------------
 
     @property
     def main_tid(self) -> int:
         """The thread used for memory access and injection by default: the leader if alive."""
-        self._require_attached()
+        self._require_seized()
         return self._leader_or_first()
 
     def _leader_or_first(self) -> int:
@@ -311,12 +490,12 @@ class Process:
 
     def get_regs(self, tid: int) -> pt.Regs:
         """PTRACE_GETREGS for a stopped thread."""
-        self._require_attached()
+        self._require_seized()
         return self._call(pt.get_regs, tid)
 
     def set_regs(self, tid: int, regs: pt.Regs) -> None:
         """PTRACE_SETREGS for a stopped thread."""
-        self._require_attached()
+        self._require_seized()
         self._call(pt.set_regs, tid, regs)
 
     def get_fpstate(self, tid: int) -> tuple[str, bytes]:
@@ -336,8 +515,8 @@ class Process:
         return procfs.read_maps(self.pid)
 
     def read(self, addr: int, size: int) -> bytes:
-        """Read ``size`` bytes at ``addr`` (see ``Memory.read``)."""
-        self._require_attached()
+        """Read ``size`` bytes at ``addr`` (see ``Memory.read``); the process may be running."""
+        self._require_seized()
         return self.memory.read(addr, size)
 
     def read_u64(self, addr: int) -> int:
@@ -345,8 +524,9 @@ class Process:
         return int.from_bytes(self.read(addr, 8), "little")
 
     def write(self, addr: int, data: bytes) -> None:
-        """Write ``data`` at ``addr``, even into read-only text (see ``Memory.write``)."""
-        self._require_attached()
+        """Write ``data`` at ``addr``, even into read-only text (see ``Memory.write``); while
+        the process runs, only into memory no thread can reach yet."""
+        self._require_seized()
         self.memory.write(addr, data)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -354,6 +534,11 @@ class Process:
     def _require_attached(self) -> None:
         if not self.attached:
             raise TargetError(f"process {self.pid} is not stopped (attach first)")
+        self._check_owner()
+
+    def _require_seized(self) -> None:
+        if not self.seized:
+            raise TargetError(f"process {self.pid} is not traced (attach first)")
         self._check_owner()
 
     def _check_owner(self) -> None:
@@ -388,9 +573,8 @@ def _is_zombie(pid: int, tid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
-# Signals that would end katana while it holds the target half-written: a stopped thread left in
-# a single-step stop gets SIGTRAP when its tracer dies, and a commit cut short leaves jumps
-# without their record. They wait until the target is let go (SIGINT is handled: it undoes).
+# Signals that would end katana while it holds the target half-written: a commit cut short leaves
+# jumps without their record. They wait until the target is let go (SIGINT is handled: it undoes).
 _HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 

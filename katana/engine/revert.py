@@ -63,5 +63,5 @@ def _revert(proc: Process, record, records, ranges, config) -> None:
                 proc.write(site.address, site.new)
             raise ApplyError(f"revert failed ({e.message}); the patch stays applied") from e
     finally:
-        if proc.attached:
+        if proc.seized:
             proc.detach()

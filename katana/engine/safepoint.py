@@ -186,16 +186,17 @@ def wait_for_safe_point(
         try:
             busy = find_busy(process, ranges)
         except BaseException:
-            process.resume()
+            process.detach()
             raise
         if not busy:
             return
         process.resume()
         left = deadline - time.monotonic()
         if left <= 0:
+            process.detach()
             raise BusyError(
                 f"no safe point in process {process.pid} within {timeout:g} s: "
                 f"{_describe(busy)} in use",
                 hint="try again later, or allow more time (maxWaitForPatching)",
             )
-        time.sleep(min(interval, left))
+        process.idle(min(interval, left))  # seized: pass on the signals it gets meanwhile

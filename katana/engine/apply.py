@@ -1,9 +1,10 @@
 """``katana apply``: load a Patch Object into a running process and switch it to the new code.
 
 Phases: *verify* (PO readable, build-id of what runs equals the PO's FROM), *prepare* (resolve
-what the patch uses, plan the layout and the redirects: all before the target is stopped),
-*stop* at a safe point (no thread in a function the patch replaces), *commit* (map, load, link,
-transfer state, redirect, record), *resume*. Any failure during commit undoes every write and
+what the patch uses, plan the layout and the redirects), *stage* (the target seized but
+running: map the region through a borrowed thread, link and write the code, make it
+executable), *stop* at a safe point (no thread in a function the patch replaces), *commit*
+(check, transfer state, redirect, record) and *detach*. Any failure undoes every write and
 unmaps the region, so the process carries on exactly as before.
 """
 
@@ -48,25 +49,51 @@ def _describe_plan(plan: Plan) -> str:
 
 
 def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
-                say: Callable[[int, str], None] = _quiet) -> Result:
+                say: Callable[[int, str], None] = _quiet, plan: Plan | None = None) -> Result:
     """Apply a PO to process ``pid``; on any failure the process is left as it was.
 
-    ``say(level, text)`` hears of each phase (level 1) and of details (level 2)."""
+    ``say(level, text)`` hears of each phase (level 1) and of details (level 2). ``plan``: one
+    made by ``prepare`` for this process (``katana apply all`` shares the work)."""
     from katana.engine.safepoint import Range
 
-    plan = prepare(po_path, pid)
+    plan = _prepare(po_path, pid) if plan is None else plan
     say(1, _describe_plan(plan))
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     commit = Commit(plan, proc)
-    started = time.monotonic()
     with signals_held():
-        record = _stop_and_commit(plan, proc, commit, ranges, config, leave_stopped, say,
-                                  started)
-    if not procfs.pid_exists(pid) or _exited(pid):
+        try:
+            record = _stage_stop_commit(plan, proc, commit, ranges, config, leave_stopped, say)
+        except KatanaError as e:
+            if _exited(pid):  # it died under us: nothing "runs as before"
+                raise TargetError(f"process {pid} exited while katana was applying the "
+                                  "patch") from e
+            raise
+        except OSError as e:
+            if _exited(pid):
+                raise TargetError(f"process {pid} exited while katana was applying the "
+                                  "patch") from e
+            raise TargetError(f"process {pid}: {e.strerror or e}") from e
+    if _exited(pid):
         raise TargetError(f"process {pid} exited while katana was applying the patch")
     return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
                   plan.timings)
+
+
+def _prepare(po_path: Path, pid: int) -> Plan:
+    """``plan.prepare``, where a process that vanishes midway is a target error (its
+    /proc/PID/exe and maps disappear under the readers), not a damaged file or a bug."""
+    try:
+        return prepare(po_path, pid)
+    except TargetError:
+        raise
+    except (KatanaError, OSError) as e:
+        if _exited(pid):
+            raise TargetError(f"process {pid} exited while katana was preparing the patch") \
+                from e
+        if isinstance(e, OSError):
+            raise TargetError(f"cannot read process {pid}: {e.strerror or e}") from e
+        raise
 
 
 def _exited(pid: int) -> bool:
@@ -77,35 +104,51 @@ def _exited(pid: int) -> bool:
     return False
 
 
-def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
-                     leave_stopped: bool, say, started: float) -> Record:
-    from katana.engine.safepoint import wait_for_safe_point
+def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
+                       leave_stopped: bool, say) -> Record:
+    from katana.engine.safepoint import _restorer, wait_for_safe_point
 
+    started = time.monotonic()
     try:
+        proc.seize()
+        commit.stage()
+        _restorer(proc)  # found now, in the running process, not during the stop
+        proc.maps()  # cached for the stop: the stack scan looks up each thread's stack in it
+        plan.timings["stage"] = time.monotonic() - started
+        started = time.monotonic()
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval)
         stopped_at = time.monotonic()
         plan.timings["safe point"] = stopped_at - started
-        say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
-               f"(after {proc.stops} stop(s))")
         try:
             record = commit.run()
         except KatanaError as e:
             commit.undo()
-            if _exited(plan.pid):  # it died under us: nothing "runs as before"
-                raise TargetError(f"process {plan.pid} exited while katana was applying the "
-                                  "patch") from e
+            proc.resume()
+            commit.free()
+            if _exited(plan.pid):
+                raise
             raise ApplyError(f"{e.message}; every change was undone, the process runs as "
                              "before", hint=e.hint) from e
         except BaseException:
             commit.undo()
+            proc.resume()
+            commit.free()
             raise
+        proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
         plan.timings["commit"] = time.monotonic() - stopped_at
-        say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
-               f"{len(commit.sites)} place(s) in the program rewritten")
-        for site in commit.sites:
-            say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
+    except BaseException:
+        if proc.seized and proc.attached:
+            proc.resume()
+        commit.free()
+        raise
     finally:
         if proc.seized:
-            proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
+            proc.detach()
+    say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
+           f"(after {proc.stops} stop(s))")
+    say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
+           f"{len(commit.sites)} place(s) in the program rewritten")
+    for site in commit.sites:
+        say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     return record

@@ -1,8 +1,9 @@
-"""The writes of ``katana apply``, done while the target is stopped at a safe point.
+"""The writes of ``katana apply``: staged while the target runs, switched on at a safe point.
 
-Map the region, link the PO there, move transformed variables, write the jumps, write the
-record. Every write is remembered with what it replaced, so that any failure undoes them all
-and the process carries on exactly as before.
+Map the region, link the PO there and make its code executable (the target runs: no jump leads
+there yet); then, stopped, move transformed variables, write the jumps and the record. Every
+write is remembered with what it replaced, so that any failure undoes them all and the process
+carries on exactly as before.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import struct
 
 from katana.elf.executable import Reference
 from katana.elf.relocs import R_X86_64_32
-from katana.engine import alloc, inject
+from katana.engine import alloc, inject, procfs
+from katana.engine.borrow import Borrower
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
 from katana.engine.process import Process
@@ -21,7 +23,15 @@ from katana.errors import ApplyError, KatanaError
 
 
 class Commit:
-    """The writes of one apply, undone in reverse order if anything fails."""
+    """The writes of one apply, undone in reverse order if anything fails.
+
+    ``stage()`` runs while the target runs (seized, not stopped): the region is mapped by a
+    borrowed thread (``borrow.Borrower``), the code linked at its final address, written and
+    made read-execute; nothing can reach it until the jumps exist. ``run()``, at the safe
+    point, checks the bytes it overwrites, writes the jumps and the record, and nothing else
+    (state transfer aside). ``undo()`` puts bytes back while stopped; ``free()`` unmaps the
+    region once the target runs again.
+    """
 
     def __init__(self, plan: Plan, proc: Process) -> None:
         self.plan = plan
@@ -29,36 +39,84 @@ class Commit:
         self.base = 0
         self.sites: list[Site] = []
         self.extra: list[tuple[int, int]] = []
+        self._writes: list[tuple[int, bytes, bytes]] = []  # address, expected now, new bytes
+        self._record: bytes | None = None
+        self._unplanned: list[tuple[int, bytes]] = []  # read at stage, checked when stopped
 
-    def run(self) -> Record:
+    def stage(self) -> None:
+        """Everything that does not need the target stopped (the process seized)."""
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
         if [r.region for r in read_records(plan.pid)] != [r.region for r in plan.records]:
+            # Seized, no other katana can change it from here on.
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
-        for r in plan.redirects:
+        maps = proc.maps()
+        borrower = Borrower(proc, maps)
+        try:
+            self.base = alloc.map_running(proc, borrower, plan.layout.size,
+                                          inject.PROT_READ | inject.PROT_WRITE, maps)
+            self._resolve_libraries()
+            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
+            start = plan.layout.text_start
+            proc.write(self.base + start, bytes(image[start:]))
+            text = (self.base + start, plan.layout.text_size)
+            if plan.layout.text_size:
+                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC)
+                m = procfs.mapping_at(proc.maps(), text[0])
+                if m is None or m.perms[:3] != "r-x":
+                    raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
+        finally:
+            borrower.close()
+        self._plan_writes()
+        if not plan.transfers:
+            self._record = self._encode_record()
+
+    def _plan_writes(self) -> None:
+        by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
+        for r in self.plan.redirects:
+            target = new_address(self.plan, self.base, by_name[r.name].symbol)
+            jump = struct.pack("<Bi", JMP_REL32, target - (r.start + JMP_SIZE))
+            # An earlier patch's copy has no expected bytes in the plan: read them now (the
+            # process is seized, no other katana can change them before the stop).
+            old = r.expected[:JMP_SIZE] or self.proc.read(r.start, JMP_SIZE)
+            if not r.expected:
+                self._unplanned.append((r.start, old))
+            self._writes.append((r.start, old, jump))
+            if r.before_entry:  # the long jump is in place: then send the entry to it
+                self._writes.append((r.address, r.expected[JMP_SIZE:JMP_SIZE + 2],
+                                     SHORT_JMP_BACK))
+
+    def _encode_record(self) -> bytes:
+        sites = self.sites + [Site(a, old, new) for a, old, new in self._writes]
+        record = build_record(self.plan, self.base, sites)
+        record.extra_regions = list(self.extra)
+        raw = record.encode()
+        if len(raw) > self.plan.layout.text_start:  # type: ignore[union-attr]
+            raise ApplyError("the patch record does not fit its reserved space")
+        self.record = record
+        return raw
+
+    def run(self) -> Record:
+        """At the safe point: check, redirect, record."""
+        proc = self.proc
+        for r in self.plan.redirects:
             live = proc.read(r.start, len(r.expected)) if r.expected else b""
             if live != r.expected:
                 raise ApplyError(f"{r.name} at {r.address:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
-        self.base = alloc.map_near(proc, plan.layout.size,
-                                   inject.PROT_READ | inject.PROT_WRITE)
-        self._resolve_libraries()
-        image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
-        start = plan.layout.text_start
-        proc.write(self.base + start, bytes(image[start:]))
-        inject.mprotect(proc, self.base + start, plan.layout.text_size,
-                        inject.PROT_READ | inject.PROT_EXEC)
-        self._transfer()
-        self._redirect()
-        record = build_record(plan, self.base, self.sites)
-        record.extra_regions = list(self.extra)
-        raw = record.encode()
-        if len(raw) > start:
-            raise ApplyError("the patch record does not fit its reserved space")
+        for address, old in self._unplanned:
+            if proc.read(address, len(old)) != old:
+                raise ApplyError(f"the code at {address:#x} changed since the patch was staged")
+        if self.plan.transfers:
+            self._transfer()
+        raw = self._record if self._record is not None else self._encode_record()
+        for address, old, new in self._writes:
+            proc.write(address, new)
+            self.sites.append(Site(address, old, new))
         proc.write(self.base, raw)
-        return record
+        return self.record
 
     def _resolve_libraries(self) -> None:
         from katana.engine.symbols import ProcessSymbols
@@ -119,35 +177,31 @@ class Commit:
         self.proc.write(address, new)
         self.sites.append(Site(address, raw, new))
 
-    def _redirect(self) -> None:
-        by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
-        for r in self.plan.redirects:
-            target = new_address(self.plan, self.base, by_name[r.name].symbol)
-            self._write(r.start, struct.pack("<Bi", JMP_REL32, target - (r.start + JMP_SIZE)))
-            if r.before_entry:  # the long jump is in place: now send the entry to it
-                self._write(r.address, SHORT_JMP_BACK)
-
-    def _write(self, address: int, data: bytes) -> None:
-        original = self.proc.read(address, len(data))
-        self.proc.write(address, data)
-        self.sites.append(Site(address, original, data))
-
     def undo(self) -> None:
-        """Put back every overwritten byte and free the region (best effort, newest first)."""
+        """Put back every overwritten byte, newest first (best effort; while stopped)."""
         for site in reversed(self.sites):
             try:
                 self.proc.write(site.address, site.original)
             except KatanaError:
                 pass  # keep undoing the rest; the caller reports the original failure
-        for lo, size in self.extra:
-            try:
-                inject.munmap(self.proc, lo, size)
-            except KatanaError:
-                pass
+        self.sites = []
+
+    def free(self) -> None:
+        """Unmap the region (and any transfer heap) once no jump leads there any more; the
+        process runs (seized) meanwhile."""
+        regions = list(self.extra)
         if self.base and self.plan.layout is not None:
+            regions.append((self.base, self.plan.layout.size))
+        if not regions:
+            return
+        try:
+            self.proc.seize()
+            borrower = Borrower(self.proc)
             try:
-                inject.munmap(self.proc, self.base, self.plan.layout.size)
-            except KatanaError:
-                pass
-
-
+                for lo, size in regions:
+                    borrower.syscall(inject.SYS_munmap, lo, size)
+            finally:
+                borrower.close()
+        except KatanaError:
+            pass  # the process died, or is stopped: an unreachable mapping stays behind
+        self.base, self.extra = 0, []

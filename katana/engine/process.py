@@ -458,13 +458,13 @@ class Process:
 
     def single_step(self, tid: int) -> None:
         """Execute one instruction in ``tid`` (PTRACE_SINGLESTEP) and wait for its SIGTRAP."""
-        self._require_attached()
+        self._require_seized()
         self._resume_until_trap(tid, pt.PTRACE_SINGLESTEP, None)
 
     def run_until_trap(self, tid: int, timeout: float) -> bool:
         """PTRACE_CONT ``tid`` alone until it stops with SIGTRAP (True), or stop it after
         ``timeout`` seconds (False). A fault in the code it runs raises ApplyError."""
-        self._require_attached()
+        self._require_seized()
         return self._resume_until_trap(tid, pt.PTRACE_CONT, time.monotonic() + timeout)
 
     def peek_user(self, tid: int, offset: int) -> int:
@@ -500,12 +500,12 @@ class Process:
 
     def get_fpstate(self, tid: int) -> tuple[str, bytes]:
         """The thread's FPU/SSE/AVX state (see ``ptrace.get_fpstate``)."""
-        self._require_attached()
+        self._require_seized()
         return self._call(pt.get_fpstate, tid)
 
     def set_fpstate(self, tid: int, state: tuple[str, bytes]) -> None:
         """Restore what ``get_fpstate`` returned."""
-        self._require_attached()
+        self._require_seized()
         self._call(pt.set_fpstate, tid, state)
 
     # -- memory ------------------------------------------------------------------------------

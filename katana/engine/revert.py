@@ -7,9 +7,10 @@ the patch's own functions (new code) plus everything it redirected.
 
 from __future__ import annotations
 
-from katana.engine import inject
+from katana.engine.borrow import Borrower
+from katana.engine.inject import SYS_munmap
 from katana.engine.process import Process, signals_held
-from katana.engine.record import read_records
+from katana.engine.record import HEADER, read_records
 from katana.errors import ApplyError, KatanaError
 
 
@@ -55,13 +56,22 @@ def _revert(proc: Process, record, records, ranges, config) -> None:
             for site in reversed(record.sites):
                 proc.write(site.address, site.original)
                 written.append(site)
-            for lo, hi in record.extra_regions:
-                inject.munmap(proc, lo, hi)
-            inject.munmap(proc, base, size)
+            # The record goes with the jumps, in the same stop: a katana killed after this
+            # leaves an unreachable mapping, never a record of a patch that is not there.
+            proc.write(base, bytes(HEADER.size))
         except KatanaError as e:
             for site in written:
                 proc.write(site.address, site.new)
             raise ApplyError(f"revert failed ({e.message}); the patch stays applied") from e
+        # No jump leads into the region and no thread is inside it (the safe point): let the
+        # process run, then unmap through a borrowed thread.
+        proc.resume()
+        borrower = Borrower(proc)
+        try:
+            for lo, hi in [*record.extra_regions, (base, size)]:
+                borrower.syscall(SYS_munmap, lo, hi)
+        finally:
+            borrower.close()
     finally:
         if proc.seized:
             proc.detach()

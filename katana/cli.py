@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 from katana import __version__
-from katana.errors import INTERNAL_ERROR_EXIT, KatanaError, UsageError
+from katana.errors import INTERNAL_ERROR_EXIT, KatanaError, Terminated, UsageError
 
 _ORIGINAL_FORMS = {"-g": "generate", "-p": "apply", "-l": "list"}
 
@@ -133,7 +135,30 @@ _COMMANDS = {"config": _cmd_config, "generate": _cmd_generate, "list": _cmd_list
              "apply": _cmd_apply, "status": _cmd_status, "revert": _cmd_revert}
 
 
+def _on_terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, _on_terminate)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # held by __main__.run until now
+        code = _main(argv)
+        if threading.current_thread() is threading.main_thread():
+            # The command is over: a signal from now on must not turn a finished command into
+            # a death by signal during the interpreter's shutdown.
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        return code
+    except (KeyboardInterrupt, Terminated) as e:  # landed outside the command's own handling
+        print("katana: interrupted" if isinstance(e, KeyboardInterrupt) else
+              f"katana: terminated by {e}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = _translate_original(sys.argv[1:] if argv is None else argv)
     verbose = any(a == "--verbose" or (len(a) > 1 and a.strip("v") == "-") for a in argv)
     try:
@@ -161,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("katana: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"katana: terminated by {e}", file=sys.stderr)
+        return 128 + e.signum
     except Exception as e:  # a bug in katana, never a user's mistake: say so, keep the trace
         print(f"katana: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         print("katana: this is a bug in katana; run again with -v and report the trace",

@@ -18,7 +18,13 @@ from pathlib import Path
 from katana.engine import procfs
 from katana.engine.commit import Commit
 from katana.engine.plan import Plan, prepare
-from katana.engine.process import Process, signals_held
+from katana.engine.process import (
+    Process,
+    check_interrupts,
+    fault_point,
+    signals_held,
+    take_interrupt,
+)
 from katana.engine.record import Record
 from katana.errors import ApplyError, KatanaError, TargetError
 
@@ -31,6 +37,7 @@ class Result:
     stopped_for: float  # seconds the target was held stopped, over every attempt
     longest_stop: float
     timings: dict[str, float]
+    interrupted: int | None = None  # a signal that arrived once the commit had begun
 
 
 def _quiet(level: int, text: str) -> None:
@@ -56,12 +63,13 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     made by ``prepare`` for this process (``katana apply all`` shares the work)."""
     from katana.engine.safepoint import Range
 
-    plan = _prepare(po_path, pid) if plan is None else plan
-    say(1, _describe_plan(plan))
-    ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
-    proc = Process(pid, check_writes=config.check_ptrace_writes)
-    commit = Commit(plan, proc)
     with signals_held():
+        plan = _prepare(po_path, pid) if plan is None else plan
+        check_interrupts()
+        say(1, _describe_plan(plan))
+        ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
+        proc = Process(pid, check_writes=config.check_ptrace_writes)
+        commit = Commit(plan, proc)
         try:
             record = _stage_stop_commit(plan, proc, commit, ranges, config, leave_stopped, say)
         except KatanaError as e:
@@ -74,10 +82,13 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
                 raise TargetError(f"process {pid} exited while katana was applying the "
                                   "patch") from e
             raise TargetError(f"process {pid}: {e.strerror or e}") from e
+        # A signal that came during the commit waited for it; the caller reports the patch,
+        # then acts on the signal.
+        late = take_interrupt()
     if _exited(pid):
         raise TargetError(f"process {pid} exited while katana was applying the patch")
     return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
-                  plan.timings)
+                  plan.timings, late)
 
 
 def _prepare(po_path: Path, pid: int) -> Plan:
@@ -111,14 +122,16 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     started = time.monotonic()
     try:
         proc.seize()
+        fault_point("seized")
         commit.stage()
         _restorer(proc)  # found now, in the running process, not during the stop
-        proc.maps()  # cached for the stop: the stack scan looks up each thread's stack in it
         plan.timings["stage"] = time.monotonic() - started
+        check_interrupts()
         started = time.monotonic()
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval)
         stopped_at = time.monotonic()
+        check_interrupts()  # the last moment to give up: from here the commit completes
         plan.timings["safe point"] = stopped_at - started
         try:
             record = commit.run()

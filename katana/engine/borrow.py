@@ -23,7 +23,7 @@ import struct
 import time
 
 from katana.engine import procfs
-from katana.engine.process import Process
+from katana.engine.process import Process, fault_point
 from katana.engine.ptrace import Regs
 from katana.errors import ApplyError, TargetError
 
@@ -169,7 +169,9 @@ class Borrower:
         borrowed.rip, borrowed.rsp, borrowed.orig_rax = stub, sp, _ORIG_RAX_NONE
         # From this SETREGS on the thread completes the call by itself, with or without us.
         proc.set_regs(tid, borrowed)
+        fault_point("borrowed")
         proc.resume_thread(tid)
+        fault_point("borrow-running")
         self._wait_out(tid, stub, time.monotonic() + timeout)
 
     def _wait_out(self, tid: int, stub: int, deadline: float) -> None:

@@ -16,8 +16,8 @@ from katana.engine import alloc, inject, procfs
 from katana.engine.borrow import Borrower
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
-from katana.engine.process import Process
-from katana.engine.record import Record, Site, read_records
+from katana.engine.process import Process, fault_point
+from katana.engine.record import HEADER, Record, Site, read_records
 from katana.engine.transfer import StateTransfer
 from katana.errors import ApplyError, KatanaError
 
@@ -42,6 +42,7 @@ class Commit:
         self._writes: list[tuple[int, bytes, bytes]] = []  # address, expected now, new bytes
         self._record: bytes | None = None
         self._unplanned: list[tuple[int, bytes]] = []  # read at stage, checked when stopped
+        self._recorded = False
 
     def stage(self) -> None:
         """Everything that does not need the target stopped (the process seized)."""
@@ -112,10 +113,18 @@ class Commit:
         if self.plan.transfers:
             self._transfer()
         raw = self._record if self._record is not None else self._encode_record()
+        fault_point("stopped")
+        # The record first: until a jump is written it counts for nothing (read_records skips
+        # a record none of whose sites holds its new bytes), so a katana killed between the two
+        # leaves a process that is wholly the old version; and a one-function patch is switched
+        # on by a single write.
+        proc.write(self.base, raw)
+        self._recorded = True
+        fault_point("recorded")
         for address, old, new in self._writes:
             proc.write(address, new)
             self.sites.append(Site(address, old, new))
-        proc.write(self.base, raw)
+        fault_point("committed")
         return self.record
 
     def _resolve_libraries(self) -> None:
@@ -185,6 +194,12 @@ class Commit:
             except KatanaError:
                 pass  # keep undoing the rest; the caller reports the original failure
         self.sites = []
+        if self._recorded:
+            try:
+                self.proc.write(self.base, bytes(HEADER.size))
+            except KatanaError:
+                pass  # no site holds its new bytes: the record counts for nothing anyway
+            self._recorded = False
 
     def free(self) -> None:
         """Unmap the region (and any transfer heap) once no jump leads there any more; the

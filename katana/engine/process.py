@@ -31,7 +31,7 @@ from typing import TypeVar
 from katana.engine import procfs
 from katana.engine import ptrace as pt
 from katana.engine.memory import Memory
-from katana.errors import ApplyError, TargetError
+from katana.errors import ApplyError, TargetError, Terminated
 
 T = TypeVar("T")
 
@@ -143,10 +143,7 @@ class Process:
             for tid, th in list(self._threads.items()):
                 if not th.stopped and not th.interrupted:
                     self._interrupt(tid)
-            while waiting := [t for t, th in self._threads.items() if not th.stopped]:
-                for tid in waiting:
-                    if tid in self._threads:
-                        self._handle(tid, self._waitpid(tid, block=True), stopping=True)
+            self._await_stops(None)
             if not self._threads:
                 raise TargetError(f"process {self.pid} exited while katana was stopping it")
         except BaseException:
@@ -197,11 +194,9 @@ class Process:
                     pt.ptrace(pt.PTRACE_INTERRUPT, tid)
                     th.interrupted = True
         errors = []
+        self._await_stops(None)
         for tid in list(self._threads):
             th = self._threads.get(tid)
-            while th is not None and not th.stopped:
-                self._handle(tid, self._waitpid(tid, block=True), stopping=True)
-                th = self._threads.get(tid)
             if th is None:
                 continue
             try:
@@ -354,6 +349,50 @@ class Process:
             self._restart(tid)
         return None
 
+    def _await_stops(self, tids: list[int] | None) -> None:
+        """Wait until the threads ``tids`` (None: all, new ones included) are stopped or gone.
+
+        Every thread is polled (WNOHANG) rather than waited for one by one: when the process
+        is killed, the leader's exit is reported only after every other thread has been reaped
+        (kernel/exit.c, delay_group_leader), so a blocking wait on the leader would never end.
+        """
+        delay, idle_since = 0.0, None
+        while True:
+            pending = [t for t in (self._threads if tids is None else tids)
+                       if t in self._threads and not self._threads[t].stopped]
+            if not pending:
+                return
+            progressed = False
+            for tid in pending:
+                status = self._waitpid(tid, block=False)
+                if status != 0:
+                    self._handle(tid, status, stopping=True)
+                    progressed = True
+            if progressed:
+                delay, idle_since = 0.0, None
+                continue
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since > 0.02 and self._dying():
+                return
+            if delay:
+                time.sleep(delay)
+            delay = min(max(delay * 2, 0.00001), 0.001)
+
+    def _dying(self) -> bool:
+        """Whether the process is exiting: then threads we wait for may never report (a thread
+        already gone from /proc/PID/task); they are dropped."""
+        try:
+            alive = {t for t in procfs.thread_ids(self.pid) if not _is_zombie(self.pid, t)}
+        except TargetError:
+            alive = set()
+        exiting = not alive  # a zombie leader alone is a thread that ended, not the process
+        for tid in list(self._threads):
+            if tid not in alive or exiting:
+                status = self._waitpid(tid, block=False)
+                if status == 0 or status is None or not os.WIFSTOPPED(status):
+                    self._threads.pop(tid, None)
+        return exiting
+
     def _drain(self) -> None:
         """Take every stop that happened while running, without blocking."""
         for tid, th in list(self._threads.items()):
@@ -386,6 +425,7 @@ class Process:
         deadline = time.monotonic() + seconds
         while (event := self.wait_event(deadline)) is not None:
             self.resume_thread(event.tid)
+        check_interrupts()
 
     def pending_signals(self, tid: int) -> list[int]:
         """Signals held back for ``tid``, to be delivered when it runs again."""
@@ -402,9 +442,8 @@ class Process:
             return
         if not th.interrupted:
             self._interrupt(tid)
-        while (th := self._threads.get(tid)) is not None and not th.stopped:
-            self._handle(tid, self._waitpid(tid, block=True), stopping=True)
-        if th is None:
+        self._await_stops([tid])
+        if tid not in self._threads:
             raise TargetError(f"thread {tid} of process {self.pid} exited")
 
     def thread_stopped(self, tid: int) -> bool:
@@ -425,13 +464,18 @@ class Process:
         self._call(pt.ptrace, request, tid, 0, 0)
         th = self._threads[tid]
         th.stopped = False
+        delay = 0.00001
         while True:
-            status = self._waitpid(tid, block=deadline is None)
+            status = self._waitpid(tid, block=False)  # never block: see _await_stops
             if status == 0:
-                if time.monotonic() >= deadline:  # type: ignore[operator]
+                if deadline is not None and time.monotonic() >= deadline:
                     self.stop_thread(tid)
                     return False
-                time.sleep(0.0002)
+                if not procfs.pid_exists(tid):
+                    self._threads.pop(tid, None)
+                    raise TargetError(f"thread {tid} of process {self.pid} exited while stopped")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.0005)
                 continue
             if status is None or not os.WIFSTOPPED(status):
                 self._threads.pop(tid, None)
@@ -573,18 +617,75 @@ def _is_zombie(pid: int, tid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
-# Signals that would end katana while it holds the target half-written: a commit cut short leaves
-# jumps without their record. They wait until the target is let go (SIGINT is handled: it undoes).
-_HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+# Signals that ask katana to stop. While it works on a target they are blocked and looked at
+# only at checkpoints (``check_interrupts``), so none lands in the middle of a ptrace exchange
+# or of a commit: before the commit they abandon the apply (everything undone), after it they
+# wait until the patch is complete with its record and the target let go.
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+def take_interrupt() -> int | None:
+    """Consume a held signal that is pending; its number, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    pending = signal.sigpending() & _HELD_SIGNALS
+    if not pending:
+        return None
+    got = signal.sigtimedwait(pending, 0)
+    return None if got is None else got.si_signo
+
+
+def raise_interrupt(signum: int | None) -> None:
+    """Raise what a signal taken by ``take_interrupt`` means (nothing for None)."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    if signum is not None:
+        raise Terminated(signum)
+
+
+def check_interrupts() -> None:
+    """A checkpoint: raise KeyboardInterrupt or Terminated for a pending held signal."""
+    raise_interrupt(take_interrupt())
+
+
+_FAULT_POINT = os.environ.get("KATANA_FAULT_POINT")
+
+
+def fault_point(name: str) -> None:
+    """For the fault-injection tests: with KATANA_FAULT_POINT=name in the environment, katana
+    announces the point on stderr and stops itself (SIGSTOP) there, so that a test can send it
+    SIGKILL, SIGINT or SIGTERM at exactly that instant (the first time only). Otherwise
+    nothing."""
+    global _FAULT_POINT
+    if _FAULT_POINT == name:
+        _FAULT_POINT = None
+        os.write(2, f"katana: fault point {name}\n".encode())
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGTERM, SIGHUP and SIGQUIT for katana itself; they are delivered on exit."""
+    """Hold SIGINT, SIGTERM, SIGHUP and SIGQUIT for katana itself: seen at checkpoints, and
+    delivered on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Block SIGINT around a C extension's import: a KeyboardInterrupt raised inside lief's
+    (nanobind) module initialisation becomes a C++ exception and std::terminate (SIGABRT).
+    A SIGINT that came meanwhile is delivered at the end, in Python code."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:

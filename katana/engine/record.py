@@ -83,6 +83,21 @@ class Record:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
+def _switched_on(mem, record: Record) -> bool:
+    """Whether the patch took effect: the record is written before the jumps (commit.py), so
+    a katana killed in between leaves a record none of whose sites holds its new bytes."""
+    if not record.sites:
+        return True
+    for site in record.sites:
+        try:
+            mem.seek(site.address)
+            if mem.read(len(site.new)) == site.new:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def read_records(pid: int) -> list[Record]:
     """Every patch applied to a process, oldest first."""
     from katana.engine.procfs import check_process, read_maps
@@ -109,7 +124,7 @@ def read_records(pid: int) -> list[Record]:
                 return mem.read(length)
 
             record = Record.decode(header, read_rest)
-            if record is not None:
+            if record is not None and _switched_on(mem, record):
                 records.append(record)
     records.sort(key=lambda r: r.applied_at)
     return records

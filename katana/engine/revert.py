@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from katana.engine.borrow import Borrower
 from katana.engine.inject import SYS_munmap
-from katana.engine.process import Process, signals_held
+from katana.engine.process import Process, check_interrupts, fault_point, signals_held
 from katana.engine.record import HEADER, read_records
 from katana.errors import ApplyError, KatanaError
 
 
 def revert_command(pid: int, config, verbosity: int = 1) -> int:
+    with signals_held():
+        return _revert_command(pid, config, verbosity)
+
+
+def _revert_command(pid: int, config, verbosity: int) -> int:
     from katana.engine.safepoint import Range
 
     records = read_records(pid)
@@ -30,8 +35,7 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     ranges = [Range(base, base + size, f"{record.to_label} patch code")]
     ranges += [Range(lo, lo + n, k.split("::", 1)[1]) for k, (lo, n) in record.functions.items()]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
-    with signals_held():
-        _revert(proc, record, records, ranges, config)
+    _revert(proc, record, records, ranges, config)
     if verbosity:
         print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
     return 0
@@ -44,6 +48,8 @@ def _revert(proc: Process, record, records, ranges, config) -> None:
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval)
+        check_interrupts()  # the last moment to give up: from here the revert completes
+        fault_point("revert-stopped")
         if [r.region for r in read_records(proc.pid)] != [r.region for r in records]:
             raise ApplyError(f"another katana patched or reverted process {proc.pid} meanwhile; "
                              "nothing was reverted", hint="see katana status, then try again")
@@ -63,6 +69,7 @@ def _revert(proc: Process, record, records, ranges, config) -> None:
             for site in written:
                 proc.write(site.address, site.new)
             raise ApplyError(f"revert failed ({e.message}); the patch stays applied") from e
+        fault_point("reverted")
         # No jump leads into the region and no thread is inside it (the safe point): let the
         # process run, then unmap through a borrowed thread.
         proc.resume()

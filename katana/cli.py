@@ -166,12 +166,12 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command is None:
             _parser().print_help()
             return 2
-        from katana.config import Config, load_config
-
         # Only the commands that touch a process read the configuration: a broken ./.katana
         # must not stop anyone from looking at a PO or making one (-c is read whenever given).
-        config = Config()
+        config = None
         if args.command in _CONFIGURED or args.config is not None:
+            from katana.config import load_config
+
             config = load_config(args.config)
             for warning in config.warnings:
                 print(f"katana: warning: {warning}", file=sys.stderr)

@@ -125,6 +125,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
         fault_point("seized")
         commit.stage()
         _restorer(proc)  # found now, in the running process, not during the stop
+        proc.maps()  # read now; the stop reuses it (Process.maps)
         plan.timings["stage"] = time.monotonic() - started
         check_interrupts()
         started = time.monotonic()

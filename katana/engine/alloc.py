@@ -125,7 +125,7 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
     flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
     for addr in region_candidates(process, size, maps)[:MAX_ATTEMPTS]:
         borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0)
-        m = procfs.mapping_at(process.maps(), addr)
+        m = process.mapping_at(addr)
         if m is not None and m.start == addr and m.end >= addr + size and not m.path:
             return addr
         # taken since we read the maps (EEXIST): try the next candidate

@@ -124,8 +124,8 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
         proc.seize()
         fault_point("seized")
         commit.stage()
-        _restorer(proc)  # found now, in the running process, not during the stop
         proc.maps()  # read now; the stop reuses it (Process.maps)
+        _restorer(proc)  # found now, in the running process, not during the stop
         plan.timings["stage"] = time.monotonic() - started
         check_interrupts()
         started = time.monotonic()

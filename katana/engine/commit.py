@@ -12,7 +12,7 @@ import struct
 
 from katana.elf.executable import Reference
 from katana.elf.relocs import R_X86_64_32
-from katana.engine import alloc, inject, procfs
+from katana.engine import alloc, inject
 from katana.engine.borrow import Borrower
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
@@ -48,12 +48,12 @@ class Commit:
         """Everything that does not need the target stopped (the process seized)."""
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
-        if [r.region for r in read_records(plan.pid)] != [r.region for r in plan.records]:
+        maps = proc.maps()
+        if [r.region for r in read_records(plan.pid, maps)] != [r.region for r in plan.records]:
             # Seized, no other katana can change it from here on.
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
-        maps = proc.maps()
         borrower = Borrower(proc, maps)
         try:
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
@@ -65,7 +65,7 @@ class Commit:
             text = (self.base + start, plan.layout.text_size)
             if plan.layout.text_size:
                 borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC)
-                m = procfs.mapping_at(proc.maps(), text[0])
+                m = proc.mapping_at(text[0])
                 if m is None or m.perms[:3] != "r-x":
                     raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
         finally:

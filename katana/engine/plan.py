@@ -71,10 +71,22 @@ class Plan:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+_PO_CACHE: dict[tuple[str, int, int], tuple[PatchObject, str]] = {}
+
+
+def _load(po_path: Path) -> tuple[PatchObject, str]:
+    """The PO and its sha256, read once for every process ``katana apply ... all`` patches."""
+    st = Path(po_path).stat()
+    k = (str(po_path), st.st_mtime_ns, st.st_size)
+    if k not in _PO_CACHE:
+        po = load_po(po_path)
+        _PO_CACHE[k] = po, hashlib.sha256(Path(po_path).read_bytes()).hexdigest()
+    return _PO_CACHE[k]
+
+
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
-    po = load_po(po_path)
-    sha = hashlib.sha256(Path(po_path).read_bytes()).hexdigest()  # load_po: it is readable
+    po, sha = _load(po_path)
     procfs.check_process(pid)
     records = read_records(pid)
     for record in records:

@@ -575,6 +575,21 @@ class Process:
         self._maps = maps if self.seized else None
         return maps
 
+    def cached_maps(self) -> list[procfs.Mapping]:
+        """The mappings as last read while seized (libraries, stacks: what a search for code
+        needs), read now if there is no such copy."""
+        return self._maps if self._maps is not None else self.maps()
+
+    def mapping_at(self, addr: int) -> procfs.Mapping | None:
+        """The current mapping that starts at ``addr`` (one line of /proc/PID/maps parsed)."""
+        text = procfs.maps_text(self.pid)
+        at = text.find(f"{addr:x}-")
+        while at > 0 and text[at - 1] != "\n":
+            at = text.find(f"{addr:x}-", at + 1)
+        if at < 0:
+            return None
+        return procfs.parse_maps_line(text[at:text.find("\n", at)])
+
     def read(self, addr: int, size: int) -> bytes:
         """Read ``size`` bytes at ``addr`` (see ``Memory.read``); the process may be running."""
         self._require_seized()

@@ -98,14 +98,15 @@ def _switched_on(mem, record: Record) -> bool:
     return False
 
 
-def read_records(pid: int) -> list[Record]:
-    """Every patch applied to a process, oldest first."""
+def read_records(pid: int, maps: list | None = None) -> list[Record]:
+    """Every patch applied to a process, oldest first (``maps``: its mappings, if at hand)."""
     from katana.engine.procfs import check_process, read_maps
 
     check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
     records = []
     # a record starts the first (read-write) part of an anonymous mapping katana made
-    maps = [(m.start, m.end) for m in read_maps(pid) if not m.path and m.writable]
+    maps = [(m.start, m.end) for m in (read_maps(pid) if maps is None else maps)
+            if not m.path and m.writable]
     try:
         mem = open(f"/proc/{pid}/mem", "rb")
     except OSError as e:

@@ -169,6 +169,7 @@ class Borrower:
         borrowed.rip, borrowed.rsp, borrowed.orig_rax = stub, sp, _ORIG_RAX_NONE
         # From this SETREGS on the thread completes the call by itself, with or without us.
         proc.set_regs(tid, borrowed)
+        proc.forget_maps()
         fault_point("borrowed")
         proc.resume_thread(tid)
         fault_point("borrow-running")

@@ -124,6 +124,7 @@ def syscall(process: Process, nr: int, *args: int, tid: int | None = None) -> in
     tid = process.main_tid if tid is None else tid
     saved = process.get_regs(tid)
     gadget = _memo_code(process, "syscall", SYSCALL_INSN)
+    process.forget_maps()
     borrowed = None
     if gadget is None:
         gadget = saved.rip

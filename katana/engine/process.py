@@ -575,6 +575,10 @@ class Process:
         self._maps = maps if self.seized else None
         return maps
 
+    def forget_maps(self) -> None:
+        """Drop the kept copy of the maps (after a system call that maps or unmaps)."""
+        self._maps = None
+
     def cached_maps(self) -> list[procfs.Mapping]:
         """The mappings as last read while seized (libraries, stacks: what a search for code
         needs), read now if there is no such copy."""

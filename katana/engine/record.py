@@ -83,12 +83,16 @@ class Record:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
-def _switched_on(mem, record: Record) -> bool:
+def _switched_on(mem, record: Record, later: list[Record]) -> bool:
     """Whether the patch took effect: the record is written before the jumps (commit.py), so
-    a katana killed in between leaves a record none of whose sites holds its new bytes."""
+    a katana killed in between leaves a record none of whose sites holds its new bytes. A
+    site a later patch overwrote counts when that patch found this one's bytes there."""
     if not record.sites:
         return True
+    overwritten = {(t.address, t.original) for r in later for t in r.sites}
     for site in record.sites:
+        if (site.address, site.new) in overwritten:
+            return True
         try:
             mem.seek(site.address)
             if mem.read(len(site.new)) == site.new:
@@ -125,7 +129,7 @@ def read_records(pid: int, maps: list | None = None) -> list[Record]:
                 return mem.read(length)
 
             record = Record.decode(header, read_rest)
-            if record is not None and _switched_on(mem, record):
+            if record is not None:
                 records.append(record)
-    records.sort(key=lambda r: r.applied_at)
-    return records
+        records.sort(key=lambda r: r.applied_at)
+        return [r for i, r in enumerate(records) if _switched_on(mem, r, records[i + 1:])]

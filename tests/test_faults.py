@@ -56,7 +56,11 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Setup:
-    root = tmp_path_factory.mktemp("faults")
+    return make_setup(tmp_path_factory.mktemp("faults"))
+
+
+def make_setup(root: Path) -> Setup:
+    """Build v0 and v1 of the target under ``root`` and their PO (bench/faults.py too)."""
     text = SOURCE.read_text()
     for version, body in (("v0", "2 * x"), ("v1", "3 * x")):
         src = root / "src" / version

@@ -129,6 +129,7 @@ def one_run(exe: Path, po: Path, floor: Path) -> tuple[float, float, float, floa
     try:
         assert target.stdout.readline() == b"ready\n"
         tids = {int(t) for t in os.listdir(f"/proc/{target.pid}/task")}
+        data.unlink(missing_ok=True)
         perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "sched:sched_switch",
                                  "-k", "CLOCK_MONOTONIC", "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

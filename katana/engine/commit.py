@@ -12,7 +12,7 @@ import struct
 
 from katana.elf.executable import Reference
 from katana.elf.relocs import R_X86_64_32
-from katana.engine import alloc, inject
+from katana.engine import alloc, inject, procfs
 from katana.engine.borrow import Borrower
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
@@ -102,28 +102,39 @@ class Commit:
     def run(self) -> Record:
         """At the safe point: check, redirect, record."""
         proc = self.proc
-        for r in self.plan.redirects:
-            live = proc.read(r.start, len(r.expected)) if r.expected else b""
-            if live != r.expected:
-                raise ApplyError(f"{r.name} at {r.address:#x} is not what the patch expects "
+        checks = [(r.start, r.expected, r.name) for r in self.plan.redirects if r.expected]
+        checks += [(address, old, f"the code at {address:#x}") for address, old in
+                   self._unplanned]
+        clusters = _clusters([(a, len(e)) for a, e, _ in checks] +
+                             [(a, len(n)) for a, _o, n in self._writes], proc.cached_maps())
+        # One read per cluster of nearby places (the executable's text, an earlier region)
+        # instead of one per function: the stop stays flat in patch size.
+        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
+        for address, expected, name in checks:
+            lo = _cluster_of(clusters, address)
+            if live[lo][address - lo:address - lo + len(expected)] != expected:
+                raise ApplyError(f"{name} at {address:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
-        for address, old in self._unplanned:
-            if proc.read(address, len(old)) != old:
-                raise ApplyError(f"the code at {address:#x} changed since the patch was staged")
         if self.plan.transfers:
             self._transfer()
+            # references re-aimed in the executable's code: read the spans again
+            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
         raw = self._record if self._record is not None else self._encode_record()
         fault_point("stopped")
         # The record first: until a jump is written it counts for nothing (read_records skips
         # a record none of whose sites holds its new bytes), so a katana killed between the two
-        # leaves a process that is wholly the old version; and a one-function patch is switched
-        # on by a single write.
+        # leaves a process that is wholly the old version. Then one write per cluster: the
+        # bytes just read with the jumps spliced in, so a patch whose functions are all in the
+        # executable is switched on by a single write, whatever its size.
         proc.write(self.base, raw)
         self._recorded = True
         fault_point("recorded")
-        for address, old, new in self._writes:
-            proc.write(address, new)
-            self.sites.append(Site(address, old, new))
+        for address, _old, new in self._writes:
+            lo = _cluster_of(clusters, address)
+            live[lo][address - lo:address - lo + len(new)] = new
+        for lo, _hi in clusters:
+            proc.write(lo, bytes(live[lo]))
+        self.sites += [Site(address, old, new) for address, old, new in self._writes]
         fault_point("committed")
         return self.record
 
@@ -220,3 +231,25 @@ class Commit:
         except KatanaError:
             pass  # the process died, or is stopped: an unreachable mapping stays behind
         self.base, self.extra = 0, []
+
+
+CLUSTER_GAP = 64 << 10  # places closer than this are read and written as one span
+
+
+def _clusters(places: list[tuple[int, int]], maps: list[procfs.Mapping]
+              ) -> list[tuple[int, int]]:
+    """[lo, hi) spans covering ``places`` (address, size), merging those less than
+    CLUSTER_GAP apart inside one mapping (a span never crosses unmapped memory)."""
+    spans: list[list[int]] = []
+    for address, size in sorted(places):
+        m = procfs.mapping_at(maps, address)
+        if spans and m is not None and m.contains(spans[-1][0]) and \
+                address + size <= m.end and address - spans[-1][1] < CLUSTER_GAP:
+            spans[-1][1] = max(spans[-1][1], address + size)
+        else:
+            spans.append([address, address + size])
+    return [(lo, hi) for lo, hi in spans]
+
+
+def _cluster_of(clusters: list[tuple[int, int]], address: int) -> int:
+    return next(lo for lo, hi in clusters if lo <= address < hi)

@@ -60,6 +60,7 @@ class _Thread:
     kind: str = ""  # the stop it is in: "event" (interrupt, clone), "group", "signal"
     pending: list[tuple[int, bytes | None]] = field(default_factory=list)  # to re-deliver
     interrupted: bool = False  # PTRACE_INTERRUPT sent, its stop not yet seen
+    regs: pt.Regs | None = None  # read during this stop (the stack scan and the maps check)
 
 
 class Process:
@@ -138,9 +139,9 @@ class Process:
             return
         self.seize()
         self._check_owner()
-        started = time.monotonic()
         try:
-            self._drain()
+            self._drain()  # stops that came while running: before the clock starts
+            started = time.monotonic()
             for tid, th in list(self._threads.items()):
                 if not th.stopped and not th.interrupted:
                     self._interrupt(tid)
@@ -148,7 +149,7 @@ class Process:
             if not self._threads:
                 raise TargetError(f"process {self.pid} exited while katana was stopping it")
         except BaseException:
-            self._stopped_since = started
+            self._stopped_since = time.monotonic()
             self.attached = True
             self._release()
             raise
@@ -256,7 +257,7 @@ class Process:
                 raise TargetError(f"cannot resume thread {tid}: {e.strerror}") from None
             self._threads.pop(tid, None)
             return
-        th.stopped, th.kind = False, ""
+        th.stopped, th.kind, th.regs = False, "", None
 
     def _signal_to_deliver(self, tid: int, th: _Thread) -> int:
         """The signal to pass to PTRACE_CONT/DETACH: the one the thread stopped for, with its
@@ -328,7 +329,7 @@ class Process:
         # Any ptrace-stop clears a pending PTRACE_INTERRUPT (ptrace_stop: "any trap clears
         # pending STOP trap"), so whatever stop comes first answers our interrupt.
         th.interrupted = False
-        th.stopped = True
+        th.stopped, th.regs = True, None
         if event == pt.PTRACE_EVENT_CLONE:
             with contextlib.suppress(OSError):
                 child = pt.event_msg(tid)
@@ -469,7 +470,7 @@ class Process:
         """
         self._call(pt.ptrace, request, tid, 0, 0)
         th = self._threads[tid]
-        th.stopped = False
+        th.stopped, th.regs = False, None
         delay = 0.00001
         while True:
             status = self._waitpid(tid, block=False)  # never block: see _await_stops
@@ -504,7 +505,7 @@ class Process:
                     )
                 th.pending.append((sig, info))
             self._call(pt.ptrace, request, tid, 0, 0)
-            th.stopped = False
+            th.stopped, th.regs = False, None
 
     def single_step(self, tid: int) -> None:
         """Execute one instruction in ``tid`` (PTRACE_SINGLESTEP) and wait for its SIGTRAP."""
@@ -539,14 +540,23 @@ class Process:
         return self.pid if self.pid in self.tids else self.tids[0]
 
     def get_regs(self, tid: int) -> pt.Regs:
-        """PTRACE_GETREGS for a stopped thread."""
+        """PTRACE_GETREGS for a stopped thread (read once per stop)."""
         self._require_seized()
-        return self._call(pt.get_regs, tid)
+        th = self._threads.get(tid)
+        if th is not None and th.stopped and th.regs is not None:
+            return th.regs.copy()
+        regs = self._call(pt.get_regs, tid)
+        if th is not None and th.stopped:
+            th.regs = regs.copy()
+        return regs
 
     def set_regs(self, tid: int, regs: pt.Regs) -> None:
         """PTRACE_SETREGS for a stopped thread."""
         self._require_seized()
-        self._call(pt.set_regs, tid, regs)
+        th = self._threads.get(tid)
+        if th is not None:
+            th.regs = None
+        self._call(pt.set_regs, tid, regs)  # not kept: the kernel may adjust what it stores
 
     def get_fpstate(self, tid: int) -> tuple[str, bytes]:
         """The thread's FPU/SSE/AVX state (see ``ptrace.get_fpstate``)."""

@@ -1,7 +1,8 @@
 """Benchmark of ``katana apply PO all``: many processes of one build in one command.
 
 Run by hand: ``.venv/bin/python bench/apply_all.py [--processes 100] [--separate 10]`` after
-``bench/stop.py`` has built its programs (the 3-thread one, 1-function patch). Starts N copies
+``bench/stop.py`` is importable (it builds a 1-thread, idle version of its program and a
+1-function patch). Starts N copies
 of v0, times one ``katana -q apply PO all``, then times ``--separate`` single-process
 ``katana apply`` commands on fresh copies and scales them to N (each pays the interpreter's
 start-up and imports).
@@ -39,7 +40,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=100)
     ap.add_argument("--separate", type=int, default=10)
     args = ap.parse_args()
-    built = build(3)
+    built = build(1)  # idle processes: the main thread in pause(), as in the issue
     exe, po = built[0], built[1]
     procs = _start(exe, args.processes)
     try:

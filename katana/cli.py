@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import select
+import signal
 import sys
 import textwrap
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from katana.errors import (
     INTERNAL_ERROR_EXIT,
     INTERRUPTED_EXIT,
     KatanaError,
+    Terminated,
     UsageError,
     exit_codes,
 )
@@ -495,7 +498,30 @@ def _run(argv: list[str]) -> int:
     return code
 
 
+def _on_terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, _on_terminate)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # held by __main__.run until now
+        code = _main(argv)
+        if threading.current_thread() is threading.main_thread():
+            # The command is over: a signal from now on must not turn a finished command into
+            # a death by signal during the interpreter's shutdown.
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        return code
+    except (KeyboardInterrupt, Terminated) as e:  # landed outside the command's own handling
+        print("katana: interrupted" if isinstance(e, KeyboardInterrupt) else
+              f"katana: terminated by {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = _translate_original(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
@@ -507,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("katana: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except Terminated as e:
+        print(f"katana: terminated by {e}", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:
         if not _stdout_closed():
             return _internal_error(argv)

@@ -126,6 +126,18 @@ def exit_codes() -> list[tuple[int, str]]:
     return sorted(codes.items())
 
 
+class Terminated(BaseException):
+    """SIGTERM, SIGHUP or SIGQUIT reached katana: the counterpart of KeyboardInterrupt (not a
+    KatanaError: like Ctrl-C it is no error, and ``except KatanaError`` must not swallow it).
+    The command exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def check(condition: object, error: type[KatanaError], message: str) -> None:
     """Raise ``error(message)`` unless ``condition`` holds (the pyelftools idiom)."""
     if not condition:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -231,6 +232,61 @@ def test_detach_leaving_the_process_stopped(build, spawn):
     wait_until(lambda: set(task_states(target.pid).values()) == {"T"}, "a group stop")
     mark = target.mark()
     os.kill(target.pid, signal.SIGCONT)
+    target.expect(r"^tick", start=mark)
+
+
+def test_resumed_process_stays_seized_and_reports_signals(build, spawn):
+    target = spawn(build("engine_target"))
+    target.expect(r"^ready")
+    pid = target.pid
+    proc = Process(pid)
+    try:
+        proc.stop()
+        assert set(task_states(pid).values()) == {"t"}
+        proc.resume()
+        assert proc.seized and not proc.attached and tracer_pid(pid) == os.getpid()
+        wait_until(lambda: "t" not in task_states(pid).values(), "every thread running")
+        # A signal reaches a traced thread as a stop; it stays stopped until resume_thread.
+        ptrace.tgkill(pid, pid, signal.SIGUSR1)
+        event = proc.wait_event(time.monotonic() + TIMEOUT)
+        assert event == (event.__class__(pid, signal.SIGUSR1, -6))  # SI_TKILL
+        assert proc.thread_stopped(pid) and task_states(pid)[pid] == "t"
+        # Debug registers through PTRACE_PEEKUSER/POKEUSER (u_debugreg[0] at 848).
+        proc.poke_user(pid, 848, 0x1000)
+        assert proc.peek_user(pid, 848) == 0x1000
+        proc.poke_user(pid, 848, 0)
+        mark = target.mark()
+        proc.resume_thread(pid)
+        target.expect(r"^signal 10 code -6$", start=mark)
+        assert proc.wait_event(time.monotonic() + 0.05) is None
+        proc.stop()
+        assert len(proc.tids) == 11
+    finally:
+        proc.detach()
+    assert tracer_pid(pid) == 0 and "t" not in task_states(pid).values()
+
+
+def test_a_killed_tracer_leaves_the_target_running(build, spawn):
+    """PTRACE_SEIZE + PTRACE_INTERRUPT: a tracer that dies holding every thread leaves no
+    SIGSTOP behind (PTRACE_ATTACH's would stop the whole process, state T, with no tracer)."""
+    target = spawn(build("engine_target"))
+    target.expect(r"^ready")
+    script = ("import sys; from katana.engine.process import Process\n"
+              f"p = Process({target.pid}); p.stop(); print('held', flush=True)\n"
+              "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        assert set(task_states(target.pid).values()) == {"t"}
+        holder.kill()
+        holder.wait(timeout=TIMEOUT)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    wait_until(lambda: tracer_pid(target.pid) == 0, "the tracer gone")
+    assert not set(task_states(target.pid).values()) & {"t", "T"}
+    mark = target.mark()
     target.expect(r"^tick", start=mark)
 
 

@@ -179,6 +179,13 @@ def _cached(path: str, mtime_ns: int, size: int) -> Executable:
 
 
 def open_executable(path: Path | str) -> Executable:
-    """An ``Executable``, cached by path, modification time and size."""
+    """An ``Executable``, cached by the file's identity (device, inode), modification time and
+    size: ``/proc/PID/exe`` of every process of one build shares one."""
     st = Path(path).stat()
-    return _cached(str(path), st.st_mtime_ns, st.st_size)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _BY_IDENTITY:
+        _BY_IDENTITY[key] = _cached(str(path), st.st_mtime_ns, st.st_size)
+    return _BY_IDENTITY[key]
+
+
+_BY_IDENTITY: dict[tuple[int, int, int, int], Executable] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 
 from katana.engine import inject, procfs
+from katana.engine.borrow import Borrower
 from katana.engine.process import Process
 from katana.engine.procfs import PAGE_SIZE, Mapping
 from katana.errors import ApplyError
@@ -101,6 +102,37 @@ def _heap(pid: int, maps: list[Mapping]) -> tuple[int, int]:
     start = procfs.start_brk(pid)
     end = max((m.end for m in maps if m.path == "[heap]"), default=start)
     return start, max(start, end)
+
+
+def region_candidates(process: Process, size: int,
+                      maps: list[Mapping] | None = None) -> list[int]:
+    """Where a region of ``size`` bytes may go, nearest to the executable first."""
+    maps = process.maps() if maps is None else maps
+    exe_maps = procfs.exe_mappings(process.pid, maps)
+    if not exe_maps:
+        raise ApplyError(f"the executable of process {process.pid} is not mapped")
+    return candidates(maps, exe_extent(maps, exe_maps), _page_up(size),
+                      below_2g=not procfs.is_pie(process.pid), heap=_heap(process.pid, maps),
+                      min_addr=_mmap_min_addr())
+
+
+def map_running(process: Process, borrower: Borrower, size: int, prot: int,
+                maps: list[Mapping] | None = None) -> int:
+    """Map ``size`` bytes in rel32 reach of the executable while the process runs, through a
+    borrowed thread (``borrow.Borrower``); the address. The result is read from the maps: the
+    stub gives the thread its registers back, the system call's return value included."""
+    size = _page_up(size)
+    flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
+    for addr in region_candidates(process, size, maps)[:MAX_ATTEMPTS]:
+        borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0)
+        m = process.mapping_at(addr)
+        if m is not None and m.start == addr and m.end >= addr + size and not m.path:
+            return addr
+        # taken since we read the maps (EEXIST): try the next candidate
+    raise ApplyError(
+        f"no room for {size} bytes within +-2 GiB of the executable in process {process.pid}",
+        hint="the address space near the executable is full; a smaller patch may fit",
+    )
 
 
 def map_near(

@@ -1,9 +1,10 @@
 """``katana apply``: load a Patch Object into a running process and switch it to the new code.
 
 Phases: *verify* (PO readable, build-id of what runs equals the PO's FROM), *prepare* (resolve
-what the patch uses, plan the layout and the redirects: all before the target is stopped),
-*stop* at a safe point (no thread in a function the patch replaces), *commit* (map, load, link,
-transfer state, redirect, record), *resume*. Any failure during commit undoes every write and
+what the patch uses, plan the layout and the redirects), *stage* (the target seized but
+running: map the region through a borrowed thread, link and write the code, make it
+executable), *stop* at a safe point (no thread in a function the patch replaces), *commit*
+(check, transfer state, redirect, record) and *detach*. Any failure undoes every write and
 unmaps the region, so the process carries on exactly as before.
 """
 
@@ -18,7 +19,13 @@ from katana.engine import procfs
 from katana.engine.audit import audit_line, log_event, new_audit
 from katana.engine.commit import Commit
 from katana.engine.plan import Plan, prepare
-from katana.engine.process import Process, signals_held
+from katana.engine.process import (
+    Process,
+    check_interrupts,
+    fault_point,
+    signals_held,
+    take_interrupt,
+)
 from katana.engine.record import Record
 from katana.engine.trust import Trust, check_policy
 from katana.errors import ApplyError, KatanaError, TargetError
@@ -32,6 +39,7 @@ class Result:
     stopped_for: float  # seconds the target was held stopped, over every attempt
     longest_stop: float
     timings: dict[str, float]
+    interrupted: int | None = None  # a signal that arrived once the commit had begun
 
 
 def _quiet(level: int, text: str) -> None:
@@ -57,25 +65,55 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     what ``check_policy`` said of the file (checked here when not given)."""
     from katana.engine.safepoint import Range
 
-    began = time.monotonic()
+    began = time.monotonic()  # maxWaitForPatching counts from here
     # the signature policy comes before anything reads, attaches to or stops the process
     trust = trust or check_policy(po_path, config)
     audit = new_audit(po_path, trust.po_sha256, trust.signer, trust.trusted)
-    plan = prepare(po_path, pid, audit)
-    trust.confirm(po_path, plan.po_sha256)
-    say(1, _describe_plan(plan))
-    ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
-    proc = Process(pid, check_writes=config.check_ptrace_writes)
-    commit = Commit(plan, proc)
-    started = time.monotonic()
     with signals_held():
-        record = _stop_and_commit(plan, proc, commit, ranges, config, leave_stopped, say,
-                                  started, began)
-    if not procfs.pid_exists(pid) or _exited(pid):
+        plan = _prepare(po_path, pid, audit)
+        trust.confirm(po_path, plan.po_sha256)
+        check_interrupts()
+        say(1, _describe_plan(plan))
+        ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
+        proc = Process(pid, check_writes=config.check_ptrace_writes)
+        commit = Commit(plan, proc)
+        try:
+            record = _stage_stop_commit(plan, proc, commit, ranges, config, leave_stopped, say,
+                                        began)
+        except KatanaError as e:
+            if _exited(pid):  # it died under us: nothing "runs as before"
+                raise TargetError(f"process {pid} exited while katana was applying the "
+                                  "patch") from e
+            raise
+        except OSError as e:
+            if _exited(pid):
+                raise TargetError(f"process {pid} exited while katana was applying the "
+                                  "patch") from e
+            raise TargetError(f"process {pid}: {e.strerror or e}") from e
+        # A signal that came during the commit waited for it; the caller reports the patch,
+        # then acts on the signal.
+        late = take_interrupt()
+    if _exited(pid):
         raise TargetError(f"process {pid} exited while katana was applying the patch")
     log_event(audit_line("apply", pid, record, audit), config)
     return Result(pid, record, proc.stops, proc.stopped_seconds, proc.longest_stop,
-                  plan.timings)
+                  plan.timings, late)
+
+
+def _prepare(po_path: Path, pid: int, audit) -> Plan:
+    """``plan.prepare``, where a process that vanishes midway is a target error (its
+    /proc/PID/exe and maps disappear under the readers), not a damaged file or a bug."""
+    try:
+        return prepare(po_path, pid, audit)
+    except TargetError:
+        raise
+    except (KatanaError, OSError) as e:
+        if _exited(pid):
+            raise TargetError(f"process {pid} exited while katana was preparing the patch") \
+                from e
+        if isinstance(e, OSError):
+            raise TargetError(f"cannot read process {pid}: {e.strerror or e}") from e
+        raise
 
 
 def _exited(pid: int) -> bool:
@@ -86,39 +124,66 @@ def _exited(pid: int) -> bool:
     return False
 
 
-def _stop_and_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
-                     leave_stopped: bool, say, started: float, began: float) -> Record:
+def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
+                       leave_stopped: bool, say, began: float) -> Record:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
+    started = time.monotonic()
+    # what the safe point needs (the CFI of every mapped object, the coroutine switch points),
+    # read before the stop
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
                       return_hooks=config.return_hooks)
     try:
+        proc.seize()
+        fault_point("seized")
+        commit.stage()
+        proc.maps()  # read now; the stop reuses it (Process.maps)
+        plan.timings["stage"] = time.monotonic() - started
+        check_interrupts()
+        started = time.monotonic()
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval, checker=checker, say=say,
                             started=began)
         stopped_at = time.monotonic()
+        check_interrupts()  # the last moment to give up: from here the commit completes
         plan.timings["safe point"] = stopped_at - started
-        say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
-               f"(after {proc.stops} stop(s))")
         try:
             record = commit.run()
         except KatanaError as e:
             commit.undo()
-            if _exited(plan.pid):  # it died under us: nothing "runs as before"
-                raise TargetError(f"process {plan.pid} exited while katana was applying the "
-                                  "patch") from e
+            proc.resume()
+            checker.hooks.unmap_running(proc)
+            commit.free()
+            if _exited(plan.pid):
+                raise
             raise ApplyError(f"{e.message}; every change was undone, the process runs as "
                              "before", hint=e.hint) from e
         except BaseException:
             commit.undo()
+            proc.resume()
+            checker.hooks.unmap_running(proc)
+            commit.free()
             raise
+        if checker.hooks.base:  # return hooks were used: their pages go now, the patch is in
+            proc.resume()
+            checker.hooks.unmap_running(proc)
+        proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
         plan.timings["commit"] = time.monotonic() - stopped_at
-        say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
-               f"{len(commit.sites)} place(s) in the program rewritten")
-        for site in commit.sites:
-            say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
+    except BaseException:
+        if proc.seized and proc.attached:
+            proc.resume()
+        if proc.seized:
+            checker.hooks.unmap_running(proc)
+        commit.free()
+        raise
     finally:
         checker.close()
-        if proc.attached:
-            proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
+        if proc.seized:
+            proc.detach()
+    say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
+           f"(after {proc.stops} stop(s))")
+    say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
+           f"{len(commit.sites)} place(s) in the program rewritten")
+    for site in commit.sites:
+        say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     return record

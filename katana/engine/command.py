@@ -9,6 +9,7 @@ from pathlib import Path
 from katana.elf.buildid import read_build_id
 from katana.engine.apply import apply_patch
 from katana.engine.audit import log_event, refusal_line
+from katana.engine.process import raise_interrupt
 from katana.engine.trust import check_policy
 from katana.errors import KatanaError, MismatchError, SignatureError, TargetError, UsageError
 from katana.po import load_po
@@ -60,8 +61,10 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         raise TargetError("no running process runs the patch's program",
                           hint="check with ps, or give the process ids")
     if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
-        _report(apply_patch(patch, targets[0], config, leave_stopped,
-                            _teller(targets[0], verbosity), trust), verbosity)
+        result = apply_patch(patch, targets[0], config, leave_stopped,
+                             _teller(targets[0], verbosity), trust)
+        _report(result, verbosity)
+        raise_interrupt(result.interrupted)
         return 0
     patched, skipped, failed, code = 0, 0, 0, 0
     for pid in targets:
@@ -79,6 +82,10 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
             continue
         patched += 1
         _report(result, verbosity)
+        if result.interrupted is not None:
+            _say(verbosity, 0, f"katana: {patched} patched, {skipped} skipped, {failed} failed "
+                 f"(of {len(targets)}; interrupted)")
+            raise_interrupt(result.interrupted)
     _say(verbosity, 0, f"katana: {patched} patched, {skipped} skipped, {failed} failed "
          f"(of {len(targets)})")
     return code

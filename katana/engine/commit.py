@@ -1,8 +1,9 @@
-"""The writes of ``katana apply``, done while the target is stopped at a safe point.
+"""The writes of ``katana apply``: staged while the target runs, switched on at a safe point.
 
-Map the region, link the PO there, move transformed variables, write the jumps, write the
-record. Every write is remembered with what it replaced, so that any failure undoes them all
-and the process carries on exactly as before.
+Map the region, link the PO there and make its code executable (the target runs: no jump leads
+there yet); then, stopped, move transformed variables, write the jumps and the record. Every
+write is remembered with what it replaced, so that any failure undoes them all and the process
+carries on exactly as before.
 """
 
 from __future__ import annotations
@@ -11,17 +12,26 @@ import struct
 
 from katana.elf.executable import Reference
 from katana.elf.relocs import R_X86_64_32
-from katana.engine import alloc, inject
+from katana.engine import alloc, inject, procfs
+from katana.engine.borrow import Borrower
 from katana.engine.loader import link
 from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
-from katana.engine.process import Process
-from katana.engine.record import Record, Site, read_records
+from katana.engine.process import Process, fault_point
+from katana.engine.record import HEADER, Record, Site, read_records
 from katana.engine.transfer import StateTransfer
 from katana.errors import ApplyError, KatanaError
 
 
 class Commit:
-    """The writes of one apply, undone in reverse order if anything fails."""
+    """The writes of one apply, undone in reverse order if anything fails.
+
+    ``stage()`` runs while the target runs (seized, not stopped): the region is mapped by a
+    borrowed thread (``borrow.Borrower``), the code linked at its final address, written and
+    made read-execute; nothing can reach it until the jumps exist. ``run()``, at the safe
+    point, checks the bytes it overwrites, writes the jumps and the record, and nothing else
+    (state transfer aside). ``undo()`` puts bytes back while stopped; ``free()`` unmaps the
+    region once the target runs again.
+    """
 
     def __init__(self, plan: Plan, proc: Process) -> None:
         self.plan = plan
@@ -29,36 +39,104 @@ class Commit:
         self.base = 0
         self.sites: list[Site] = []
         self.extra: list[tuple[int, int]] = []
+        self._writes: list[tuple[int, bytes, bytes]] = []  # address, expected now, new bytes
+        self._record: bytes | None = None
+        self._unplanned: list[tuple[int, bytes]] = []  # read at stage, checked when stopped
+        self._recorded = False
 
-    def run(self) -> Record:
+    def stage(self) -> None:
+        """Everything that does not need the target stopped (the process seized)."""
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
-        if [r.region for r in read_records(plan.pid)] != [r.region for r in plan.records]:
+        maps = proc.maps()
+        if [r.region for r in read_records(plan.pid, maps)] != [r.region for r in plan.records]:
+            # Seized, no other katana can change it from here on.
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
-        for r in plan.redirects:
-            live = proc.read(r.start, len(r.expected)) if r.expected else b""
-            if live != r.expected:
-                raise ApplyError(f"{r.name} at {r.address:#x} is not what the patch expects "
-                                 "(the process was modified by something else)")
-        self.base = alloc.map_near(proc, plan.layout.size,
-                                   inject.PROT_READ | inject.PROT_WRITE)
-        self._resolve_libraries()
-        image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
-        start = plan.layout.text_start
-        proc.write(self.base + start, bytes(image[start:]))
-        inject.mprotect(proc, self.base + start, plan.layout.text_size,
-                        inject.PROT_READ | inject.PROT_EXEC)
-        self._transfer()
-        self._redirect()
-        record = build_record(plan, self.base, self.sites)
+        borrower = Borrower(proc, maps)
+        try:
+            self.base = alloc.map_running(proc, borrower, plan.layout.size,
+                                          inject.PROT_READ | inject.PROT_WRITE, maps)
+            self._resolve_libraries()
+            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
+            start = plan.layout.text_start
+            proc.write(self.base + start, bytes(image[start:]))
+            text = (self.base + start, plan.layout.text_size)
+            if plan.layout.text_size:
+                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC)
+                m = proc.mapping_at(text[0])
+                if m is None or m.perms[:3] != "r-x":
+                    raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
+        finally:
+            borrower.close()
+        self._plan_writes()
+        if not plan.transfers:
+            self._record = self._encode_record()
+
+    def _plan_writes(self) -> None:
+        by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
+        for r in self.plan.redirects:
+            target = new_address(self.plan, self.base, by_name[r.name].symbol)
+            jump = struct.pack("<Bi", JMP_REL32, target - (r.start + JMP_SIZE))
+            # An earlier patch's copy has no expected bytes in the plan: read them now (the
+            # process is seized, no other katana can change them before the stop).
+            old = r.expected[:JMP_SIZE] or self.proc.read(r.start, JMP_SIZE)
+            if not r.expected:
+                self._unplanned.append((r.start, old))
+            self._writes.append((r.start, old, jump))
+            if r.before_entry:  # the long jump is in place: then send the entry to it
+                self._writes.append((r.address, r.expected[JMP_SIZE:JMP_SIZE + 2],
+                                     SHORT_JMP_BACK))
+
+    def _encode_record(self) -> bytes:
+        sites = self.sites + [Site(a, old, new) for a, old, new in self._writes]
+        record = build_record(self.plan, self.base, sites)
         record.extra_regions = list(self.extra)
         raw = record.encode()
-        if len(raw) > start:
+        if len(raw) > self.plan.layout.text_start:  # type: ignore[union-attr]
             raise ApplyError("the patch record does not fit its reserved space")
+        self.record = record
+        return raw
+
+    def run(self) -> Record:
+        """At the safe point: check, redirect, record."""
+        proc = self.proc
+        checks = [(r.start, r.expected, r.name) for r in self.plan.redirects if r.expected]
+        checks += [(address, old, f"the code at {address:#x}") for address, old in
+                   self._unplanned]
+        clusters = _clusters([(a, len(e)) for a, e, _ in checks] +
+                             [(a, len(n)) for a, _o, n in self._writes], proc.cached_maps())
+        # One read per cluster of nearby places (the executable's text, an earlier region)
+        # instead of one per function: the stop stays flat in patch size.
+        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
+        for address, expected, name in checks:
+            lo = _cluster_of(clusters, address)
+            if live[lo][address - lo:address - lo + len(expected)] != expected:
+                raise ApplyError(f"{name} at {address:#x} is not what the patch expects "
+                                 "(the process was modified by something else)")
+        if self.plan.transfers:
+            self._transfer()
+            # references re-aimed in the executable's code: read the spans again
+            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
+        raw = self._record if self._record is not None else self._encode_record()
+        fault_point("stopped")
+        # The record first: until a jump is written it counts for nothing (read_records skips
+        # a record none of whose sites holds its new bytes), so a katana killed between the two
+        # leaves a process that is wholly the old version. Then one write per cluster: the
+        # bytes just read with the jumps spliced in, so a patch whose functions are all in the
+        # executable is switched on by a single write, whatever its size.
         proc.write(self.base, raw)
-        return record
+        self._recorded = True
+        fault_point("recorded")
+        for address, _old, new in self._writes:
+            lo = _cluster_of(clusters, address)
+            live[lo][address - lo:address - lo + len(new)] = new
+        for lo, _hi in clusters:
+            proc.write(lo, bytes(live[lo]))
+        self.sites += [Site(address, old, new) for address, old, new in self._writes]
+        fault_point("committed")
+        return self.record
 
     def _resolve_libraries(self) -> None:
         from katana.engine.symbols import ProcessSymbols
@@ -119,35 +197,59 @@ class Commit:
         self.proc.write(address, new)
         self.sites.append(Site(address, raw, new))
 
-    def _redirect(self) -> None:
-        by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
-        for r in self.plan.redirects:
-            target = new_address(self.plan, self.base, by_name[r.name].symbol)
-            self._write(r.start, struct.pack("<Bi", JMP_REL32, target - (r.start + JMP_SIZE)))
-            if r.before_entry:  # the long jump is in place: now send the entry to it
-                self._write(r.address, SHORT_JMP_BACK)
-
-    def _write(self, address: int, data: bytes) -> None:
-        original = self.proc.read(address, len(data))
-        self.proc.write(address, data)
-        self.sites.append(Site(address, original, data))
-
     def undo(self) -> None:
-        """Put back every overwritten byte and free the region (best effort, newest first)."""
+        """Put back every overwritten byte, newest first (best effort; while stopped)."""
         for site in reversed(self.sites):
             try:
                 self.proc.write(site.address, site.original)
             except KatanaError:
                 pass  # keep undoing the rest; the caller reports the original failure
-        for lo, size in self.extra:
+        self.sites = []
+        if self._recorded:
             try:
-                inject.munmap(self.proc, lo, size)
+                self.proc.write(self.base, bytes(HEADER.size))
             except KatanaError:
-                pass
+                pass  # no site holds its new bytes: the record counts for nothing anyway
+            self._recorded = False
+
+    def free(self) -> None:
+        """Unmap the region (and any transfer heap) once no jump leads there any more; the
+        process runs (seized) meanwhile."""
+        regions = list(self.extra)
         if self.base and self.plan.layout is not None:
+            regions.append((self.base, self.plan.layout.size))
+        if not regions:
+            return
+        try:
+            self.proc.seize()
+            borrower = Borrower(self.proc)
             try:
-                inject.munmap(self.proc, self.base, self.plan.layout.size)
-            except KatanaError:
-                pass
+                for lo, size in regions:
+                    borrower.syscall(inject.SYS_munmap, lo, size)
+            finally:
+                borrower.close()
+        except KatanaError:
+            pass  # the process died, or is stopped: an unreachable mapping stays behind
+        self.base, self.extra = 0, []
 
 
+CLUSTER_GAP = 64 << 10  # places closer than this are read and written as one span
+
+
+def _clusters(places: list[tuple[int, int]], maps: list[procfs.Mapping]
+              ) -> list[tuple[int, int]]:
+    """[lo, hi) spans covering ``places`` (address, size), merging those less than
+    CLUSTER_GAP apart inside one mapping (a span never crosses unmapped memory)."""
+    spans: list[list[int]] = []
+    for address, size in sorted(places):
+        m = procfs.mapping_at(maps, address)
+        if spans and m is not None and m.contains(spans[-1][0]) and \
+                address + size <= m.end and address - spans[-1][1] < CLUSTER_GAP:
+            spans[-1][1] = max(spans[-1][1], address + size)
+        else:
+            spans.append([address, address + size])
+    return [(lo, hi) for lo, hi in spans]
+
+
+def _cluster_of(clusters: list[tuple[int, int]], address: int) -> int:
+    return next(lo for lo, hi in clusters if lo <= address < hi)

@@ -30,9 +30,10 @@ import os
 import struct
 from dataclasses import dataclass
 
-from katana.engine import inject, procfs
+from katana.engine import alloc, inject, procfs
+from katana.engine.borrow import Borrower
 from katana.engine.process import Process
-from katana.errors import KatanaError, TargetError
+from katana.errors import ApplyError, KatanaError, TargetError
 
 SLOTS = 24
 CODE_SIZE = 160  # bytes of code per slot (142 used)
@@ -145,7 +146,7 @@ class ReturnHooks:
             if process.read_u64(slot) != ret:
                 continue  # not what the unwind said: never write on a guess
             if not self.base:
-                self._map(process)
+                return armed  # mapped while the process runs (map_running), then armed
             hook = Hook(len(self.hooks), slot, ret, self.code + len(self.hooks) * CODE_SIZE)
             process.write(self.data + _SLOT_DATA + 64 * hook.index + 8 * len(_SAVED),
                           struct.pack("<Q", ret))
@@ -156,15 +157,45 @@ class ReturnHooks:
             armed += 1
         return armed
 
-    def _map(self, process: Process) -> None:
+    def map_running(self, process: Process) -> None:
+        """Map the pages while the process runs (seized): through a borrowed thread that
+        completes the system calls by itself (borrow.py), so that a katana killed meanwhile
+        leaves at most two unused pages behind."""
+        if self.base or not self.enabled:
+            return
         size = 2 * procfs.PAGE_SIZE
-        base = inject.mmap(process, 0, size, inject.PROT_READ | inject.PROT_WRITE,
-                           inject.MAP_PRIVATE | inject.MAP_ANONYMOUS)
-        seconds, fraction = divmod(HOLD, 1)
-        process.write(base + procfs.PAGE_SIZE, struct.pack("<I", 1) + b"\0" * 4 +
-                      struct.pack("<qq", int(seconds), int(fraction * 1e9)))
-        inject.mprotect(process, base, procfs.PAGE_SIZE, inject.PROT_READ | inject.PROT_EXEC)
-        self.base = base
+        borrower = Borrower(process)
+        try:
+            base = alloc.map_running(process, borrower, size,
+                                     inject.PROT_READ | inject.PROT_WRITE)
+            seconds, fraction = divmod(HOLD, 1)
+            process.write(base + procfs.PAGE_SIZE, struct.pack("<I", 1) + b"\0" * 4 +
+                          struct.pack("<qq", int(seconds), int(fraction * 1e9)))
+            borrower.syscall(inject.SYS_mprotect, base, procfs.PAGE_SIZE,
+                             inject.PROT_READ | inject.PROT_EXEC)
+            m = process.mapping_at(base)
+            if m is None or m.perms[:3] != "r-x":
+                raise ApplyError(f"mprotect of katana's return hooks in process "
+                                 f"{process.pid} failed")
+            self.base = base
+        except KatanaError:
+            self.enabled = False  # wait by checking again instead; nothing was armed
+        finally:
+            borrower.close()
+
+    def unmap_running(self, process: Process) -> None:
+        """Once disarmed and the process runs again: unmap the pages (no thread is inside,
+        ``disarm`` moved them out, and no return address points there any more)."""
+        if not self.base:
+            return
+        borrower = Borrower(process)
+        try:
+            borrower.syscall(inject.SYS_munmap, self.base, 2 * procfs.PAGE_SIZE)
+            self.base = 0
+        except KatanaError:
+            pass  # two unused pages stay mapped; nothing can reach them
+        finally:
+            borrower.close()
 
     def poll(self) -> bool:
         """While the process runs: whether a hook fired since the last poll."""
@@ -183,8 +214,9 @@ class ReturnHooks:
         return fired
 
     def disarm(self, process: Process, say=None) -> None:
-        """At a stop: put back every return address not yet used, open the gate, and unmap the
-        pages when no thread is inside them."""
+        """At a stop: put back every return address not yet used, open the gate, and move any
+        thread inside a trampoline to its return address (``unmap_running`` then frees the
+        pages once the process runs)."""
         if not self.base:
             return
         self.poll()
@@ -198,8 +230,6 @@ class ReturnHooks:
         process.write(self.data + _GATE, struct.pack("<I", 0))
         for tid in process.tids:
             self._move_out(process, tid)
-        inject.munmap(process, self.base, 2 * procfs.PAGE_SIZE)
-        self.base = 0
         self.close()
 
     def _move_out(self, process: Process, tid: int) -> None:

@@ -64,7 +64,7 @@ def find_code(process: Process, pattern: bytes, library: str | None = None) -> i
     The executable's own text is left out: the apply side writes jumps over it, and a gadget
     found there could be overwritten under us.
     """
-    maps = process.maps()
+    maps = process.cached_maps()
     exe = set(procfs.exe_mappings(process.pid, maps))
     candidates = [m for m in maps if m.path == "[vdso]" and library is None]
     candidates += [
@@ -80,7 +80,22 @@ def find_code(process: Process, pattern: bytes, library: str | None = None) -> i
     return None
 
 
+# (pattern, file, inode, file offset, size) -> offset in the mapping, or -1: library text does
+# not change, so every process that maps the same file finds the same gadget without a search.
+_FOUND: dict[tuple[bytes, str, int, int, int], int] = {}
+
+
 def _search(process: Process, m: procfs.Mapping, pattern: bytes) -> int | None:
+    key = (pattern, m.path, m.inode, m.offset, m.size)
+    if m.inode and key in _FOUND:
+        return None if _FOUND[key] < 0 else m.start + _FOUND[key]
+    found = _search_memory(process, m, pattern)
+    if m.inode:
+        _FOUND[key] = -1 if found is None else found - m.start
+    return found
+
+
+def _search_memory(process: Process, m: procfs.Mapping, pattern: bytes) -> int | None:
     chunk = 1 << 20
     for start in range(m.start, m.end, chunk):
         # Overlap by len(pattern) - 1 so a match across two chunks is not missed.
@@ -109,6 +124,7 @@ def syscall(process: Process, nr: int, *args: int, tid: int | None = None) -> in
     tid = process.main_tid if tid is None else tid
     saved = process.get_regs(tid)
     gadget = _memo_code(process, "syscall", SYSCALL_INSN)
+    process.forget_maps()
     borrowed = None
     if gadget is None:
         gadget = saved.rip

@@ -74,12 +74,23 @@ class Plan:
     audit: Audit | None = None  # who applies it, kept in the record
 
 
+_PO_CACHE: dict[tuple[str, int, int], tuple[PatchObject, str]] = {}
+
+
+def _load(po_path: Path) -> tuple[PatchObject, str]:
+    """The PO and its sha256, read once for every process ``katana apply ... all`` patches."""
+    st = Path(po_path).stat()
+    k = (str(po_path), st.st_mtime_ns, st.st_size)
+    if k not in _PO_CACHE:
+        # one read: the bytes loaded are the bytes hashed, which the signature policy checked
+        data = read_po_bytes(po_path)
+        _PO_CACHE[k] = read_po(data, str(po_path)), hashlib.sha256(data).hexdigest()
+    return _PO_CACHE[k]
+
+
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
-    # one read: the bytes loaded are the bytes hashed, which the signature policy checked
-    data = read_po_bytes(po_path)
-    po = read_po(data, str(po_path))
-    sha = hashlib.sha256(data).hexdigest()
+    po, sha = _load(po_path)
     procfs.check_process(pid)
     records = read_records(pid)
     for record in records:

@@ -138,6 +138,11 @@ def read_maps(pid: int) -> list[Mapping]:
     return [parse_maps_line(line) for line in _read_text(pid, "maps").splitlines() if line]
 
 
+def maps_text(pid: int) -> str:
+    """/proc/PID/maps as text, for a caller that needs one line of it."""
+    return _read_text(pid, "maps")
+
+
 def exe_path(pid: int) -> str:
     """The path of the process's executable (without the kernel's " (deleted)" suffix)."""
     try:

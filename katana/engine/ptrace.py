@@ -4,8 +4,10 @@ Only what the engine needs, with the kernel's names (PTRACE_GETREGS, NT_X86_XSTA
 ``struct user_regs_struct``). Every call raises ``OSError`` with the errno on failure; turning that
 into a ``KatanaError`` is the caller's job, since only the caller knows what the user was doing.
 
-We use ctypes rather than python-ptrace's binding so that errno handling is exact (PTRACE_PEEKDATA
-returns data, so -1 is only an error when errno says so) and the register structure is ours.
+We use ctypes rather than python-ptrace's binding: python-ptrace 0.9.9 has no PTRACE_SEIZE,
+PTRACE_INTERRUPT, PTRACE_LISTEN or PTRACE_GETREGSET, which the engine is built on; errno handling
+is exact (PTRACE_PEEKDATA returns data, so -1 is only an error when errno says so) and the
+register structure is ours.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import ctypes
 import os
 
 PTRACE_PEEKDATA = 2
+PTRACE_PEEKUSER = 3
 PTRACE_POKEDATA = 5
+PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
@@ -27,6 +31,14 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_SETSIGINFO = 0x4203
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_STOP = 128  # status >> 16 of an interrupt stop or (for SEIZE) a group-stop
 
 NT_X86_XSTATE = 0x202
 
@@ -92,6 +104,23 @@ def peek(tid: int, addr: int) -> int:
 def poke(tid: int, addr: int, word: int) -> None:
     """PTRACE_POKEDATA: store an 8-byte word at ``addr`` (works on read-only text too)."""
     ptrace(PTRACE_POKEDATA, tid, addr, ctypes.c_void_p(word))
+
+
+def peek_user(tid: int, offset: int) -> int:
+    """PTRACE_PEEKUSER: the word at ``offset`` in the thread's ``struct user``, unsigned."""
+    return ptrace(PTRACE_PEEKUSER, tid, offset) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def poke_user(tid: int, offset: int, value: int) -> None:
+    """PTRACE_POKEUSER: store a word in the thread's ``struct user`` (debug registers...)."""
+    ptrace(PTRACE_POKEUSER, tid, offset, ctypes.c_void_p(value & 0xFFFF_FFFF_FFFF_FFFF))
+
+
+def event_msg(tid: int) -> int:
+    """PTRACE_GETEVENTMSG: for PTRACE_EVENT_CLONE, the new thread's id."""
+    msg = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.c_void_p(ctypes.addressof(msg)))
+    return msg.value
 
 
 def get_regs(tid: int) -> Regs:

@@ -126,15 +126,35 @@ class Record:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
-def read_records(pid: int, magic: bytes = MAGIC) -> list[Record]:
-    """Every patch applied to a process, oldest first (with REVERTED_MAGIC: every patch
-    reverted, what their records keep)."""
+def _switched_on(mem, record: Record, later: list[Record]) -> bool:
+    """Whether the patch took effect: the record is written before the jumps (commit.py), so
+    a katana killed in between leaves a record none of whose sites holds its new bytes. A
+    site a later patch overwrote counts when that patch found this one's bytes there."""
+    if not record.sites:
+        return True
+    overwritten = {(t.address, t.original) for r in later for t in r.sites}
+    for site in record.sites:
+        if (site.address, site.new) in overwritten:
+            return True
+        try:
+            mem.seek(site.address)
+            if mem.read(len(site.new)) == site.new:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def read_records(pid: int, maps: list | None = None, magic: bytes = MAGIC) -> list[Record]:
+    """Every patch applied to a process, oldest first (``maps``: its mappings, if at hand;
+    with REVERTED_MAGIC: every patch reverted, what their records keep)."""
     from katana.engine.procfs import check_process, read_maps
 
     check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
     records = []
     # a record starts the first (read-write) part of an anonymous mapping katana made
-    maps = [(m.start, m.end) for m in read_maps(pid) if not m.path and m.writable]
+    maps = [(m.start, m.end) for m in (read_maps(pid) if maps is None else maps)
+            if not m.path and m.writable]
     try:
         mem = open(f"/proc/{pid}/mem", "rb")
     except OSError as e:
@@ -155,5 +175,7 @@ def read_records(pid: int, magic: bytes = MAGIC) -> list[Record]:
             record = Record.decode(header, read_rest, magic)
             if record is not None:
                 records.append(record)
-    records.sort(key=lambda r: r.applied_at)
-    return records
+        records.sort(key=lambda r: r.applied_at)
+        if magic != MAGIC:
+            return records  # a reverted patch's sites hold their old bytes again
+        return [r for i, r in enumerate(records) if _switched_on(mem, r, records[i + 1:])]

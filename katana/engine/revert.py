@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from katana.engine import inject, procfs
+from katana.engine import procfs
 from katana.engine.audit import audit_line, log_event, revert_audit
-from katana.engine.process import Process, signals_held
+from katana.engine.borrow import Borrower
+from katana.engine.inject import SYS_munmap
+from katana.engine.process import Process, check_interrupts, fault_point, signals_held
 from katana.engine.record import REVERTED_MAGIC, read_records
 from katana.errors import ApplyError, KatanaError
 
 
 def revert_command(pid: int, config, verbosity: int = 1) -> int:
+    with signals_held():
+        return _revert_command(pid, config, verbosity)
+
+
+def _revert_command(pid: int, config, verbosity: int) -> int:
     from katana.engine.safepoint import Range
 
     records = read_records(pid)
@@ -33,43 +40,34 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
     ranges += [Range(lo, lo + n, k.split("::", 1)[1]) for k, (lo, n) in record.functions.items()]
     proc = Process(pid, check_writes=config.check_ptrace_writes)
     by = revert_audit(record)
-    with signals_held():
-        _revert(proc, record, records, ranges, config, by)
+    _revert(proc, record, records, ranges, config, by)
     log_event(audit_line("revert", pid, record, by), config)
     if verbosity:
         print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
     return 0
 
 
-def _unmap_keeping_record(proc: Process, record, by) -> None:
-    """Unmap the patch but for the pages of its record, which is marked reverted and says by
-    whom (the in-process half of the audit: status lists reverted patches)."""
+def _tombstone(record, by) -> tuple[bytes, int]:
+    """The record marked reverted and by whom (the in-process half of the audit: status lists
+    reverted patches), and how many bytes of the region it keeps (whole pages)."""
     base, size = record.region
     full = dataclasses.replace(record, reverted=by).encode(REVERTED_MAGIC)
     keep = min(size, -(-len(full) // procfs.PAGE_SIZE) * procfs.PAGE_SIZE)
     # no longer than `full`: the region's size only loses digits
-    tomb = dataclasses.replace(record, reverted=by, region=(base, keep)).encode(REVERTED_MAGIC)
-    original = proc.read(base, len(tomb))
-    proc.write(base, tomb)
-    try:
-        if keep < size:
-            inject.munmap(proc, base + keep, size - keep)
-    except KatanaError:
-        proc.write(base, original)  # the patch stays applied: its record must say so
-        raise
+    return dataclasses.replace(record, reverted=by, region=(base, keep)).encode(
+        REVERTED_MAGIC), keep
 
 
 def _revert(proc: Process, record, records, ranges, config, by) -> None:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
     base, size = record.region
+    checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks)
     try:
-        checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks)
-        try:
-            wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
-                                config.safe_point_retry_interval, checker=checker)
-        finally:
-            checker.close()
+        wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
+                            config.safe_point_retry_interval, checker=checker)
+        check_interrupts()  # the last moment to give up: from here the revert completes
+        fault_point("revert-stopped")
         if [r.region for r in read_records(proc.pid)] != [r.region for r in records]:
             raise ApplyError(f"another katana patched or reverted process {proc.pid} meanwhile; "
                              "nothing was reverted", hint="see katana status, then try again")
@@ -77,18 +75,40 @@ def _revert(proc: Process, record, records, ranges, config, by) -> None:
             if proc.read(site.address, len(site.new)) != site.new:
                 raise ApplyError(f"the code at {site.address:#x} changed since the patch was "
                                  "applied; refusing to revert")
+        tomb, keep = _tombstone(record, by)
         written = []
         try:
             for site in reversed(record.sites):
                 proc.write(site.address, site.original)
                 written.append(site)
-            for lo, hi in record.extra_regions:
-                inject.munmap(proc, lo, hi)
-            _unmap_keeping_record(proc, record, by)
+            # The record goes with the jumps, in the same stop (rewritten as reverted): a
+            # katana killed after this leaves an unreachable mapping, never a record of a
+            # patch that is not there.
+            proc.write(base, tomb)
         except KatanaError as e:
             for site in written:
                 proc.write(site.address, site.new)
             raise ApplyError(f"revert failed ({e.message}); the patch stays applied") from e
+        fault_point("reverted")
+        # No jump leads into the region and no thread is inside it (the safe point): let the
+        # process run, then unmap through a borrowed thread (all but the record's pages).
+        proc.resume()
+        checker.hooks.unmap_running(proc)
+        borrower = Borrower(proc)
+        try:
+            for lo, hi in record.extra_regions:
+                borrower.syscall(SYS_munmap, lo, hi)
+            if keep < size:
+                borrower.syscall(SYS_munmap, base + keep, size - keep)
+        finally:
+            borrower.close()
+    except BaseException:
+        if proc.seized and checker.hooks.base:
+            if proc.attached:
+                proc.resume()
+            checker.hooks.unmap_running(proc)
+        raise
     finally:
-        if proc.attached:
+        checker.close()
+        if proc.seized:
             proc.detach()

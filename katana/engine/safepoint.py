@@ -35,7 +35,7 @@ from katana.engine.coroutines import (
     switch_returns,
 )
 from katana.engine.hooks import ReturnHooks
-from katana.engine.process import Process
+from katana.engine.process import Process, check_interrupts
 from katana.engine.unwind import ProcessCfi, Unwinder, Walk, regs_of
 from katana.errors import BusyError, KatanaError, TargetError
 
@@ -420,7 +420,7 @@ def wait_for_safe_point(
     try:
         waiter.run()
     finally:
-        if process.attached is False and checker.hooks.base:
+        if process.seized and not process.attached and checker.hooks.base:
             waiter.cleanup()
         if own:
             checker.close()
@@ -459,10 +459,22 @@ class _Waiter:
             attempt = time.monotonic() - began
             if give_up:
                 self._end_progress()
+                self._let_go()
                 raise BusyError(f"no safe point in process {self.process.pid} within "
                                 f"{self.timeout:g} s: {_describe(busy)} in use",
                                 hint=_hint(busy))
+            if self._hookable(busy) and not self.checker.hooks.base:
+                # The pages for the hooks are mapped while the process runs; the next stop
+                # (at once) sets them.
+                self.checker.hooks.map_running(self.process)
+                if self.checker.hooks.base:
+                    continue
             self._wait(busy)
+
+    @staticmethod
+    def _hookable(busy: list[Busy]) -> bool:
+        return any(b.slot is not None and b.returns_to is not None and not b.never_returns
+                   for b in busy)
 
     def _arm(self, busy: list[Busy]) -> None:
         slots = [(b.slot, b.returns_to) for b in busy
@@ -490,7 +502,10 @@ class _Waiter:
                            f"{now - self.started:.1f} s of {self.timeout:g} s")
             if now >= until or hooks.poll():
                 return
-            time.sleep(min(0.001 if hooks.pending() else self.interval, max(0.0, until - now)))
+            check_interrupts()  # SIGINT/SIGTERM are held while katana works: act on them here
+            # seized: idle passes on the signals the process gets meanwhile
+            self.process.idle(min(0.001 if hooks.pending() else self.interval,
+                                  max(0.0, until - now)))
 
     def _progress(self, text: str) -> None:
         if self.tty:
@@ -508,6 +523,15 @@ class _Waiter:
         except (KatanaError, OSError):
             pass
         self.process.resume()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Running again after a last stop that took the hooks out: free their pages, detach
+        (untraced, as if katana had never been there)."""
+        try:
+            self.checker.hooks.unmap_running(self.process)
+        finally:
+            self.process.detach()
 
     def cleanup(self) -> None:
         """Interrupted while the process ran (SIGINT, an error): stop it once more to take the
@@ -523,6 +547,7 @@ class _Waiter:
             pass
         finally:
             self.process.resume()
+        self._let_go()
 
 
 # Kept for callers of the former module-level API.

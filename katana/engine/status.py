@@ -35,7 +35,7 @@ def _reverted_text(r: Record) -> str:
 
 def status_command(pid: int, as_json: bool = False) -> int:
     records = read_records(pid)
-    reverted = sorted(read_records(pid, REVERTED_MAGIC),
+    reverted = sorted(read_records(pid, magic=REVERTED_MAGIC),
                       key=lambda r: r.reverted.time if r.reverted else "")
     try:
         exe_id = read_build_id(f"/proc/{pid}/exe")

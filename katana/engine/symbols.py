@@ -109,17 +109,70 @@ class ProcessSymbols:
 
     def _library_address(self, sym: DynSymbol, lib: procfs.Library) -> int:
         address = sym.value + lib.bias
-        return self._resolve_ifunc(sym.name, address) if sym.ifunc else address
+        if not sym.ifunc:
+            return address
+        if address not in self._resolved:
+            here = resolve_ifunc_here(self.pid, lib, sym.value)
+            if here is not None:
+                self._resolved[address] = here
+        return self._resolve_ifunc(sym.name, address)
 
     def _resolve_ifunc(self, name: str, resolver: int) -> int:
         if resolver not in self._resolved:
-            if self.process is None or not self.process.attached:
+            if self.process is None or not self.process.seized:
                 raise ApplyError(
-                    f"'{name}' is an IFUNC: resolving it needs the process stopped",
+                    f"'{name}' is an IFUNC: resolving it needs the process traced",
                     hint="look it up through an attached Process",
                 )
-            self._resolved[resolver] = inject.call(self.process, resolver)
+            proc = self.process
+            if proc.attached:
+                self._resolved[resolver] = inject.call(proc, resolver)
+            else:
+                # One thread stopped for the call, the others run on.
+                tid = proc.main_tid
+                proc.stop_thread(tid)
+                try:
+                    self._resolved[resolver] = inject.call(proc, resolver, tid=tid)
+                finally:
+                    proc.resume_thread(tid)
         return self._resolved[resolver]
+
+
+_OWN_LIBRARIES: list[procfs.Library] | None = None
+
+
+def resolve_ifunc_here(pid: int, lib: procfs.Library, value: int) -> int | None:
+    """The implementation an IFUNC of ``lib`` resolves to in process ``pid``, computed by calling
+    the resolver in katana's own process, or None when that cannot stand for the target's.
+
+    glibc's x86-64 resolvers take no argument and choose from the CPU features ld.so recorded
+    at start-up (dl-irel.h: elf_ifunc_invoke), so the same library file on the same CPU, with
+    the same GLIBC_TUNABLES, gives the same implementation at the same offset. No thread of the
+    target has to run a resolver, so nothing is left half-done if katana dies.
+    """
+    import ctypes
+
+    global _OWN_LIBRARIES
+    if _OWN_LIBRARIES is None:
+        _OWN_LIBRARIES = procfs.libraries(os.getpid())
+    try:
+        theirs = os.stat(lib.path)
+        ours = next((mine for mine in _OWN_LIBRARIES
+                     if os.path.samestat(os.stat(mine.path), theirs)), None)
+        if ours is None or _tunables(pid) != _tunables(os.getpid()):
+            return None
+    except OSError:
+        return None
+    impl = ctypes.CFUNCTYPE(ctypes.c_void_p)(ours.bias + value)()
+    if impl is None or not any(m.executable and m.contains(impl) for m in ours.mappings):
+        return None
+    return impl - ours.bias + lib.bias
+
+
+def _tunables(pid: int) -> bytes | None:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = f.read().split(b"\0")
+    return next((e for e in env if e.startswith(b"GLIBC_TUNABLES=")), None)
 
 
 def _exe_file(pid: int, path: str) -> str:

@@ -20,4 +20,6 @@ def content_digest(po: PatchObject) -> str:
     h.update(repr(dataclasses.replace(po.meta, digest="")).encode())
     h.update(repr(po.sections).encode())
     h.update(repr(po.symbols).encode())
+    if po.meta.cfi:  # a field added later: absent, the digest is what it always was
+        h.update(repr(sorted(po.meta.cfi.items())).encode())
     return h.hexdigest()

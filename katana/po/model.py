@@ -146,7 +146,9 @@ class Meta:
     digest: str = ""  # katana.po.digest.content_digest of the PO: set by the writer
     # code section index (as a string) -> its call frame information (katana.elf.ehframe), so
     # that a later safe point can unwind through this patch's code once it is loaded
-    cfi: dict[str, str] = field(default_factory=dict)
+    # (left out of repr, which the content digest of POs written before it was made from; the
+    # digest covers it on its own)
+    cfi: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass

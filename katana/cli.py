@@ -504,21 +504,27 @@ def _on_terminate(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers, mask = {}, None
     try:
-        if threading.current_thread() is threading.main_thread():
+        if main_thread:
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-                signal.signal(sig, _on_terminate)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # held by __main__.run until now
-        code = _main(argv)
-        if threading.current_thread() is threading.main_thread():
-            # The command is over: a signal from now on must not turn a finished command into
-            # a death by signal during the interpreter's shutdown.
-            signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        return code
+                handlers[sig] = signal.signal(sig, _on_terminate)
+            mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # held by __main__.run
+        return _main(argv)
     except (KeyboardInterrupt, Terminated) as e:  # landed outside the command's own handling
         print("katana: interrupted" if isinstance(e, KeyboardInterrupt) else
               f"katana: terminated by {e}", file=sys.stderr)
         return INTERRUPTED_EXIT if isinstance(e, KeyboardInterrupt) else 128 + e.signum
+    finally:
+        # As the caller had them: the console script (__main__.run) holds the signals again,
+        # so that one arriving now cannot turn a finished command into a death by signal; a
+        # program calling main() in-process keeps its own mask and handlers (its children
+        # inherit the mask).
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from katana.elf.headers import read_headers, read_section
 from katana.errors import BuildError, FormatError
 
 STT_NOTYPE = 0
@@ -155,17 +153,17 @@ class ExecutableSymbols:
 def _read_symtab(path: str) -> list[ElfSymbol]:
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            symtab = elf.get_section_by_name(".symtab")
+            headers = read_headers(f)
+            symtab = headers.section(".symtab")
             if symtab is None:
                 raise BuildError(
                     f"{path} has no .symtab: it was stripped",
                     hint="patching needs the build's own executable, symbols kept (the katana "
                          "SCons tool refuses -s and --strip-all)",
                 )
-            data = symtab.data()
-            strtab = elf.get_section(symtab["sh_link"]).data()
-    except (OSError, ELFError) as e:
+            data = read_section(f, symtab)
+            strtab = read_section(f, headers.sections[symtab.sh_link])
+    except (OSError, IndexError, struct.error) as e:
         raise FormatError(f"cannot read the symbols of {path}: {e}") from None
     return list(_parse(data, strtab))
 

@@ -6,13 +6,12 @@ shared with the apply engine): the emitted relocations say where the code refers
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
+from katana.elf.headers import ET_DYN, PT_LOAD, PT_TLS, SHT_RELA, read_headers
 from katana.elf.relocs import (
     PC_RELATIVE,
     R_X86_64_32,
@@ -43,22 +42,20 @@ class Executable:
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
-                elf = ELFFile(f)
-                self.pie = elf["e_type"] == "ET_DYN"
-                self.segments = [
-                    Segment(p["p_vaddr"], p["p_memsz"], p["p_offset"], p["p_filesz"], p["p_flags"])
-                    for p in elf.iter_segments() if p["p_type"] == "PT_LOAD"]
-                # --emit-relocs leaves .rela sections for code (.rela.text); without it only the
-                # dynamic ones (.rela.dyn, .rela.plt) exist
-                # x86-64 TLS variant II: the executable's block ends at the thread pointer, at
-                # its size rounded up to its alignment (what the linker's TPOFF32 uses)
-                self.tls_size = next((-(-p["p_memsz"] // max(p["p_align"], 1)) *
-                                      max(p["p_align"], 1) for p in elf.iter_segments()
-                                      if p["p_type"] == "PT_TLS"), 0)
-                self.has_emitted_relocs = any(
-                    s["sh_type"] == "SHT_RELA" and s.name.startswith(".rela.text")
-                    for s in elf.iter_sections())
-        except (ELFError, OSError, ValueError) as e:
+                headers = read_headers(f)
+            self.pie = headers.e_type == ET_DYN
+            self.segments = [Segment(p.p_vaddr, p.p_memsz, p.p_offset, p.p_filesz, p.p_flags)
+                             for p in headers.segments if p.p_type == PT_LOAD]
+            # x86-64 TLS variant II: the executable's block ends at the thread pointer, at
+            # its size rounded up to its alignment (what the linker's TPOFF32 uses)
+            self.tls_size = next((-(-p.p_memsz // max(p.p_align, 1)) * max(p.p_align, 1)
+                                  for p in headers.segments if p.p_type == PT_TLS), 0)
+            # --emit-relocs leaves .rela sections for code (.rela.text); without it only the
+            # dynamic ones (.rela.dyn, .rela.plt) exist
+            self.has_emitted_relocs = any(
+                s.sh_type == SHT_RELA and s.name.startswith(".rela.text")
+                for s in headers.sections)
+        except (OSError, ValueError, struct.error, FormatError) as e:
             raise FormatError(f"{self.path}: not a readable ELF executable ({e})") from e
         self.symbols: ExecutableSymbols = executable_symbols(str(self.path))
         self._data: bytes | None = None
@@ -146,6 +143,8 @@ def _pc_adjust(exe: Executable, site: int) -> int:
 def references_to(exe: Executable, low: int, high: int) -> list[Reference]:
     """Every relocated field of the executable whose target lies in [low, high) (link-time
     addresses), with the exact offset it designates there."""
+    from elftools.elf.elffile import ELFFile  # only for patches that move data
+
     found = []
     with open(exe.path, "rb") as f:
         elf = ELFFile(f)

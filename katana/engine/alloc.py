@@ -124,9 +124,12 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
     size = _page_up(size)
     flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
     for addr in region_candidates(process, size, maps)[:MAX_ATTEMPTS]:
-        borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0)
-        m = process.mapping_at(addr)
-        if m is not None and m.start == addr and m.end >= addr + size and not m.path:
+        def mapped(addr: int = addr) -> bool:
+            m = process.mapping_at(addr)
+            return m is not None and m.start == addr and m.end >= addr + size and not m.path
+
+        borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0, effect=mapped)
+        if mapped():
             return addr
         # taken since we read the maps (EEXIST): try the next candidate
     raise ApplyError(

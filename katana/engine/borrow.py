@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 
 from katana.engine import procfs
 from katana.engine.process import Process, fault_point
@@ -140,9 +141,14 @@ class Borrower:
         self._start = start
         self._next = 0
         self._written = False
+        self._pending: list[tuple[int, int]] = []  # (thread, stub) not yet seen leaving it
 
-    def syscall(self, nr: int, *args: int, timeout: float = 2.0) -> None:
-        """Have a thread run system call ``nr``; returns once the thread is back in its code."""
+    def syscall(self, nr: int, *args: int, timeout: float = 2.0,
+                effect: Callable[[], bool] | None = None) -> None:
+        """Have a thread run system call ``nr``; returns once the thread is back in its code,
+        or, given ``effect`` (a check of /proc that the call took effect), as soon as that
+        holds: then the thread is not stopped again to see it leave the stub (``close`` does,
+        once for all calls)."""
         proc = self.process
         tid = self._pick_thread()
         stub = self.copies[self._next % len(self.copies)]
@@ -173,7 +179,20 @@ class Borrower:
         fault_point("borrowed")
         proc.resume_thread(tid)
         fault_point("borrow-running")
-        self._wait_out(tid, stub, time.monotonic() + timeout)
+        deadline = time.monotonic() + timeout
+        if effect is not None and self._await_effect(effect, time.monotonic() + 0.002):
+            self._pending.append((tid, stub))
+            return
+        self._wait_out(tid, stub, deadline)
+
+    def _await_effect(self, effect: Callable[[], bool], deadline: float) -> bool:
+        delay = 0.00002
+        while not effect():
+            if time.monotonic() > deadline:
+                return False  # failed (EEXIST...) or slow: watch the thread instead
+            time.sleep(delay)
+            delay = min(delay * 2, 0.0005)
+        return True
 
     def _wait_out(self, tid: int, stub: int, deadline: float) -> None:
         """Wait until the thread has left the stub (checked in short single-thread stops)."""
@@ -208,6 +227,9 @@ class Borrower:
 
     def close(self) -> None:
         """Put back the bytes the stubs replaced (once no thread can be inside one)."""
+        pending, self._pending = self._pending, []
+        for tid, stub in pending:
+            self._wait_out(tid, stub, time.monotonic() + 2.0)
         if self._written:
             self.process.write(self._start, self._saved)
             self._written = False

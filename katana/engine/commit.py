@@ -64,9 +64,13 @@ class Commit:
             proc.write(self.base + start, bytes(image[start:]))
             text = (self.base + start, plan.layout.text_size)
             if plan.layout.text_size:
-                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC)
-                m = proc.mapping_at(text[0])
-                if m is None or m.perms[:3] != "r-x":
+                def executable() -> bool:
+                    m = proc.mapping_at(text[0])
+                    return m is not None and m.perms[:3] == "r-x"
+
+                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC,
+                                 effect=executable)
+                if not executable():
                     raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
         finally:
             borrower.close()

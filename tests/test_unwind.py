@@ -26,6 +26,17 @@ pytestmark = pytest.mark.live
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
 
 
+def _built(name, root, pie=True, wait=1, cflags=()):
+    """The scenario's v0 and v1 built, the PO between them, and a config with that wait."""
+    exes = build_scenario(name, root, pie=pie, cflags=cflags)
+    po = root / "p.po"
+    katana("generate", "-o", str(po), str(exes["v0"].parent), str(exes["v1"].parent), "prog",
+           check=True)
+    config = root / "k.conf"
+    config.write_text(f"{{maxWaitForPatching: {wait}}}")
+    return exes, po, config
+
+
 def _reader(pid):
     fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
 
@@ -138,12 +149,7 @@ def test_trampoline_code():
 def test_declared_stack_is_checked(tmp_path, pie):
     """A coroutine suspended inside step() on a stack only the program knows of: declared
     through katana_stacks, apply is refused naming it; not declared, katana cannot see it."""
-    exes = build_scenario("declared_stack", tmp_path, pie=pie)
-    po = tmp_path / "p.po"
-    katana("generate", "-o", str(po), str(exes["v0"].parent), str(exes["v1"].parent), "prog",
-           check=True)
-    config = tmp_path / "k.conf"
-    config.write_text("{maxWaitForPatching: 1}")
+    exes, po, config = _built("declared_stack", tmp_path, pie, wait=1)
     live = Live([str(exes["v0"])])
     try:
         live.wait_for(r"^tick 3 rounds 1$", timeout=20)
@@ -201,12 +207,7 @@ def test_sigaltstack_frame_is_followed(tmp_path, pie):
     """A thread whose signal handler waits on the alternate signal stack, work() interrupted
     below it on the ordinary stack: refused, naming work() as found through the signal frame;
     the return hook set on work()'s frame is taken out again (no mapping of ours is left)."""
-    exes = build_scenario("sigaltstack_busy", tmp_path, pie=pie)
-    po = tmp_path / "p.po"
-    katana("generate", "-o", str(po), str(exes["v0"].parent), str(exes["v1"].parent), "prog",
-           check=True)
-    config = tmp_path / "k.conf"
-    config.write_text("{maxWaitForPatching: 1}")
+    exes, po, config = _built("sigaltstack_busy", tmp_path, pie, wait=1)
     live = Live([str(exes["v0"])])
     try:
         live.wait_for(r"^tick \d+ signalled 1$", timeout=20)

@@ -14,50 +14,10 @@ from __future__ import annotations
 
 import struct
 
+from katana.elf.leb128 import read_sleb, read_uleb, sleb, uleb
 from katana.elf.objfile import ObjectFile
 
 _PC_RELATIVE = {2, 24}  # R_X86_64_PC32, R_X86_64_PC64: how GCC encodes pc_begin
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
-
-
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return (result - (1 << shift) if byte & 0x40 else result), pos
-
-
-def uleb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def sleb(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        done = (value == 0 and not byte & 0x40) or (value == -1 and byte & 0x40)
-        out.append(byte | (0 if done else 0x80))
-        if done:
-            return bytes(out)
 
 
 def _cie(data: bytes, at: int) -> tuple[int, int, int, int, bytes] | None:
@@ -72,15 +32,15 @@ def _cie(data: bytes, at: int) -> tuple[int, int, int, int, bytes] | None:
     pos = aug_end + 1
     if b"eh" in augmentation:
         return None
-    code_align, pos = _uleb(data, pos)
-    data_align, pos = _sleb(data, pos)
+    code_align, pos = read_uleb(data, pos)
+    data_align, pos = read_sleb(data, pos)
     if version == 1:
         ra, pos = data[pos], pos + 1
     else:
-        ra, pos = _uleb(data, pos)
+        ra, pos = read_uleb(data, pos)
     encoding = 0
     if augmentation.startswith(b"z"):
-        size, pos = _uleb(data, pos)
+        size, pos = read_uleb(data, pos)
         aug_data = data[pos:pos + size]
         pos += size
         i = 0
@@ -123,7 +83,7 @@ def section_cfi(obj: ObjectFile, shndx: int) -> str:
         pos = field + struct.calcsize(size_fmt)
         pc_range, = struct.unpack_from(size_fmt, data, pos)
         pos += struct.calcsize(size_fmt)
-        aug, pos = _uleb(data, pos)
+        aug, pos = read_uleb(data, pos)
         pos += aug
         fde_code = data[pos:fde + 4 + length]
     except (struct.error, IndexError, ValueError):
@@ -147,7 +107,7 @@ def _opcodes(code: bytes) -> bytes:
             if op & 0xC0 in (0x40, 0xC0):
                 continue
             if op & 0xC0 == 0x80:
-                _, pos = _uleb(code, pos)
+                _, pos = read_uleb(code, pos)
                 continue
             out.append(op)
             if op in (0x00, 0x0A, 0x0B):
@@ -155,21 +115,21 @@ def _opcodes(code: bytes) -> bytes:
             if op in (0x02, 0x03, 0x04):
                 pos += {0x02: 1, 0x03: 2, 0x04: 4}[op]
             elif op in (0x05, 0x09, 0x0C, 0x2F, 0x14):
-                _, pos = _uleb(code, pos)
-                _, pos = _uleb(code, pos)
+                _, pos = read_uleb(code, pos)
+                _, pos = read_uleb(code, pos)
             elif op in (0x11, 0x12, 0x15):
-                _, pos = _uleb(code, pos)
-                _, pos = _sleb(code, pos)
+                _, pos = read_uleb(code, pos)
+                _, pos = read_sleb(code, pos)
             elif op in (0x06, 0x07, 0x08, 0x0D, 0x0E, 0x2E):
-                _, pos = _uleb(code, pos)
+                _, pos = read_uleb(code, pos)
             elif op == 0x13:
-                _, pos = _sleb(code, pos)
+                _, pos = read_sleb(code, pos)
             elif op in (0x0F,):
-                n, pos = _uleb(code, pos)
+                n, pos = read_uleb(code, pos)
                 pos += n
             elif op in (0x10, 0x16):
-                _, pos = _uleb(code, pos)
-                n, pos = _uleb(code, pos)
+                _, pos = read_uleb(code, pos)
+                n, pos = read_uleb(code, pos)
                 pos += n
             else:
                 return b"\x01"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from katana.elf.leb128 import read_uleb
 from katana.elf.objfile import ObjectFile, ObjSection
 
 DW_AT_producer, DW_AT_name, DW_AT_comp_dir = 0x25, 0x03, 0x1B
@@ -43,32 +44,21 @@ class CompileUnit:
         return int(words[2].split(".")[0])
 
 
-def _uleb(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
 def _abbrev(data: bytes, at: int, code: int) -> list[tuple[int, int, int]] | None:
     """The (attribute, form, implicit constant) list of abbreviation ``code``."""
     while at < len(data):
-        this, at = _uleb(data, at)
+        this, at = read_uleb(data, at)
         if this == 0:
             return None
-        _tag, at = _uleb(data, at)
+        _tag, at = read_uleb(data, at)
         at += 1  # DW_CHILDREN_yes/no
         specs = []
         while True:
-            name, at = _uleb(data, at)
-            form, at = _uleb(data, at)
+            name, at = read_uleb(data, at)
+            form, at = read_uleb(data, at)
             const = 0
             if form == DW_FORM_implicit_const:
-                const, at = _uleb(data, at)  # a signed LEB; only its length matters here
+                const, at = read_uleb(data, at)  # a signed LEB; only its length matters here
             if name == 0 and form == 0:
                 break
             specs.append((name, form, const))
@@ -110,7 +100,7 @@ def _read(obj: ObjectFile, info: ObjSection, abbrev: ObjSection,
     # in a .o, string offsets are relocations against .debug_str (RELA: the field holds 0)
     relocated = {r.offset: obj.symbols[r.sym].value + r.addend for r in info.relocs
                  if r.offset < 512}
-    code, at = _uleb(data, at)
+    code, at = read_uleb(data, at)
     specs = _abbrev(abbrev.data, 0, code)
     if specs is None:
         return None
@@ -128,7 +118,7 @@ def _read(obj: ObjectFile, info: ObjSection, abbrev: ObjSection,
         elif form in _FIXED:
             value, at = "", at + _FIXED[form]
         elif form in _LEB:
-            value, at = "", _uleb(data, at)[1]
+            value, at = "", read_uleb(data, at)[1]
         elif form == DW_FORM_implicit_const:
             value = ""
         else:

@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from katana.elf.leb128 import read_sleb, read_uleb
 from katana.errors import FormatError
 
 Read = Callable[[int, int], bytes]
@@ -100,24 +101,12 @@ class _Cursor:
         return out
 
     def uleb(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self.data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return result
+        value, self.pos = read_uleb(self.data, self.pos)
+        return value
 
     def sleb(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self.data[self.pos]
-            self.pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                return result - (1 << shift) if byte & 0x40 else result
+        value, self.pos = read_sleb(self.data, self.pos)
+        return value
 
     def cstring(self) -> bytes:
         end = self.data.index(b"\0", self.pos)

@@ -58,14 +58,17 @@ def _describe_plan(plan: Plan) -> str:
 
 
 def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
-                say: Callable[[int, str], None] = _quiet, trust: Trust | None = None) -> Result:
+                say: Callable[[int, str], None] = _quiet, trust: Trust | None = None,
+                began: float | None = None) -> Result:
     """Apply a PO to process ``pid``; on any failure the process is left as it was.
 
     ``say(level, text)`` hears of each phase (level 1) and of details (level 2). ``trust`` is
-    what ``check_policy`` said of the file (checked here when not given)."""
+    what ``check_policy`` said of the file (checked here when not given). ``began``: a
+    time.monotonic() instant maxWaitForPatching counts from (default: now)."""
     from katana.engine.safepoint import Range
 
-    began = time.monotonic()  # maxWaitForPatching counts from here
+    # maxWaitForPatching counts from here (the command's own start, when it patches one process)
+    began = time.monotonic() if began is None else began
     # the signature policy comes before anything reads, attaches to or stops the process
     trust = trust or check_policy(po_path, config)
     audit = new_audit(po_path, trust.po_sha256, trust.signer, trust.trusted)
@@ -143,7 +146,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
         started = time.monotonic()
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval, checker=checker, say=say,
-                            started=began)
+                            started=began, reserve=plan.timings["stage"])
         stopped_at = time.monotonic()
         check_interrupts()  # the last moment to give up: from here the commit completes
         plan.timings["safe point"] = stopped_at - started

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
+from katana.engine import procfs
 from katana.engine.apply import apply_patch
 from katana.engine.audit import log_event, refusal_line
 from katana.engine.process import raise_interrupt
@@ -62,7 +63,7 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
                           hint="check with ps, or give the process ids")
     if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
         result = apply_patch(patch, targets[0], config, leave_stopped,
-                             _teller(targets[0], verbosity), trust)
+                             _teller(targets[0], verbosity), trust, began=procfs.started_at())
         _report(result, verbosity)
         raise_interrupt(result.interrupted)
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass
 
 from katana.errors import TargetError
@@ -262,3 +263,17 @@ def start_brk(pid: int) -> int:
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
     fields = stat[stat.rindex(")") + 2 :].split()
     return int(fields[47 - 3])
+
+
+def started_at() -> float:
+    """When this process (katana) started, on the time.monotonic() clock: what a user waits
+    for is the whole command, the interpreter's own start-up included. /proc/self/stat's
+    starttime (field 22) counts clock ticks since boot, as CLOCK_BOOTTIME does."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, age)

@@ -406,17 +406,21 @@ def _hint(busy: list[Busy]) -> str:
 def wait_for_safe_point(
     process: Process, ranges: list[Range], timeout: float, interval: float = 0.05, *,
     checker: Checker | None = None, say: Say = _quiet, started: float | None = None,
+    reserve: float = 0.0,
 ) -> None:
     """Stop the process at a moment when no range is in use, trying until ``timeout`` seconds.
 
     On return the process is stopped (attached) at a safe point. Otherwise it is let go, running
     as it was (every return hook removed), and BusyError names what stayed busy. ``started``
     (a time.monotonic() instant) is when the wait is counted from: the start of the apply, so
-    that its preparation counts against maxWaitForPatching too.
+    that its preparation counts against maxWaitForPatching too. ``reserve``: seconds kept
+    for undoing what was done before the wait (unmapping a staged region), so that giving up
+    ends within the deadline too.
     """
     own = checker is None
     checker = checker or Checker(process.pid, ranges, say)
     waiter = _Waiter(process, checker, timeout, interval, say, started)
+    waiter.reserve = reserve
     try:
         waiter.run()
     finally:
@@ -434,6 +438,7 @@ class _Waiter:
         self.started = time.monotonic() if started is None else started
         self.deadline = self.started + timeout
         self.tty = sys.stderr.isatty()
+        self.reserve = 0.0
 
     def run(self) -> None:
         attempt = 0.0
@@ -443,8 +448,9 @@ class _Waiter:
             try:
                 busy = self.checker.find_busy(self.process)
                 left = self.deadline - time.monotonic()
-                # Give up now rather than start an attempt that would end past the deadline.
-                give_up = busy and (left <= 0 or left < attempt)
+                # Give up now rather than start an attempt that would end past the deadline
+                # (an attempt, and letting go after it, take about as long as the last one).
+                give_up = busy and (left <= 0 or left < 2 * attempt + self.reserve)
                 if not busy or give_up:
                     self.checker.hooks.disarm(self.process, self.say)
                 else:

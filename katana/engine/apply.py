@@ -146,7 +146,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
         started = time.monotonic()
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval, checker=checker, say=say,
-                            started=began, reserve=plan.timings["stage"])
+                            started=began, reserve=1.5 * plan.timings["stage"])
         stopped_at = time.monotonic()
         check_interrupts()  # the last moment to give up: from here the commit completes
         plan.timings["safe point"] = stopped_at - started

@@ -135,7 +135,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     # what the safe point needs (the CFI of every mapped object, the coroutine switch points),
     # read before the stop
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
-                      return_hooks=config.return_hooks)
+                      return_hooks=config.return_hooks, records=plan.records)
     try:
         proc.seize()
         fault_point("seized")

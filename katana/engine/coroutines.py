@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from katana.elf.headers import SHT_RELA, read_headers, read_section
 from katana.engine import procfs
 
 # struct ucontext_t (x86-64 glibc <sys/ucontext.h>): uc_flags, uc_link, uc_stack (24 bytes),
@@ -44,8 +45,8 @@ SWITCHES = ("swapcontext", "getcontext")
 SCAN_LIMIT = 1 << 30  # bytes of writable memory searched at most; beyond: conservative
 DECLARED_LIMIT = 8 << 20
 
-SHT_SYMTAB, SHT_RELA = 2, 4
 SHF_EXECINSTR = 0x4
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 _CALL_RELOCS = {2, 4, 9, 41, 42}  # PC32, PLT32, GOTPCREL, GOTPCRELX, REX_GOTPCRELX
 
 
@@ -60,43 +61,32 @@ class Context:
 
 
 def switch_returns(exe_path: str) -> set[int]:
-    """Link-time return addresses of every call to swapcontext/getcontext in the executable."""
+    """Link-time return addresses of every call to swapcontext/getcontext in the executable;
+    a program whose string table names neither is done with after reading its headers."""
     with open(exe_path, "rb") as f:
-        data = f.read()
-    shoff, = struct.unpack_from("<Q", data, 40)
-    shentsize, shnum = struct.unpack_from("<HH", data, 58)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
-    wanted: dict[int, set[int]] = {}  # symtab section index -> symbol indices
-    for i, (_, kind, _, _, off, size, link, _, _, entsize) in enumerate(sections):
-        if kind != SHT_SYMTAB or not entsize:
-            continue
-        strtab = sections[link]
-        names = data[strtab[4]:strtab[4] + strtab[5]]
-        for n in range(size // entsize):
-            name_off, = struct.unpack_from("<I", data, off + n * entsize)
+        headers = read_headers(f)
+        symtab = headers.section(".symtab")
+        if symtab is None:
+            return set()
+        names = read_section(f, headers.sections[symtab.sh_link])
+        if not any(name.encode() in names for name in SWITCHES):
+            return set()
+        wanted = set()  # symbol indices of the switch functions
+        for n, (name_off, *_rest) in enumerate(_SYM.iter_unpack(read_section(f, symtab))):
             name = names[name_off:names.index(b"\0", name_off)].split(b"@")[0]
             if name.decode(errors="replace") in SWITCHES:
-                wanted.setdefault(i, set()).add(n)
-    found: set[int] = set()
-    for _, kind, _, _, off, size, link, info, _, _ in sections:
-        if kind != SHT_RELA or link not in wanted or info >= shnum:
-            continue
-        if not sections[info][2] & SHF_EXECINSTR:
-            continue
-        symbols = wanted[link]
-        for r_offset, r_info, _ in struct.iter_unpack("<QQq", data[off:off + size]):
-            if r_info >> 32 in symbols and r_info & 0xFFFFFFFF in _CALL_RELOCS:
-                found.add(r_offset + 4)  # the rel32 field ends the call instruction
+                wanted.add(n)
+        found: set[int] = set()
+        symtab_index = headers.sections.index(symtab)
+        for sec in headers.sections:
+            if sec.sh_type != SHT_RELA or sec.sh_link != symtab_index or \
+                    sec.sh_info >= len(headers.sections) or \
+                    not headers.sections[sec.sh_info].sh_flags & SHF_EXECINSTR:
+                continue
+            for r_offset, r_info, _ in struct.iter_unpack("<QQq", read_section(f, sec)):
+                if r_info >> 32 in wanted and r_info & 0xFFFFFFFF in _CALL_RELOCS:
+                    found.add(r_offset + 4)  # the rel32 field ends the call instruction
     return found
-
-
-def imports_switch(exe_path: str) -> bool:
-    """Cheap test before the relocation read: does the file name a switch function at all?"""
-    with open(exe_path, "rb") as f:
-        data = f.read()
-    return any(name.encode() + b"@" in data or name.encode() + b"\0" in data
-               for name in SWITCHES)
 
 
 def _writable(maps: list[procfs.Mapping]) -> Iterator[procfs.Mapping]:

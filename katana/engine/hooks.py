@@ -26,7 +26,6 @@ address to the original one through ``original``.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
@@ -109,12 +108,12 @@ def trampoline(at: int, data: int, index: int) -> bytes:
 class ReturnHooks:
     """The hooks of one apply: a code page and a data page mapped in the target on first use."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, read) -> None:
         self.pid = pid
         self.base = 0
         self.hooks: list[Hook] = []
         self.enabled = not shadow_stack(pid)
-        self._fd: int | None = None
+        self.read = read  # the target's memory without a stop (flags are polled while it runs)
 
     @property
     def code(self) -> int:
@@ -201,11 +200,9 @@ class ReturnHooks:
         """While the process runs: whether a hook fired since the last poll."""
         if not self.base:
             return False
-        if self._fd is None:
-            self._fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
         try:
-            flags = os.pread(self._fd, SLOTS, self.data + _FLAGS)
-        except OSError:
+            flags = self.read(self.data + _FLAGS, SLOTS)
+        except TargetError:
             return True  # the process is gone: let the caller's next stop say so
         fired = False
         for hook in self.pending():
@@ -230,7 +227,6 @@ class ReturnHooks:
         process.write(self.data + _GATE, struct.pack("<I", 0))
         for tid in process.tids:
             self._move_out(process, tid)
-        self.close()
 
     def _move_out(self, process: Process, tid: int) -> None:
         """A thread inside a trampoline finishes it now: its registers as the trampoline would
@@ -251,7 +247,3 @@ class ReturnHooks:
         regs.rip = hook.original
         process.set_regs(tid, regs)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None

@@ -64,8 +64,13 @@ def find_code(process: Process, pattern: bytes, library: str | None = None) -> i
     The executable's own text is left out: the apply side writes jumps over it, and a gadget
     found there could be overwritten under us.
     """
-    maps = process.cached_maps()
-    exe = set(procfs.exe_mappings(process.pid, maps))
+    return search_code(process.read, process.pid, process.cached_maps(), pattern, library)
+
+
+def search_code(read, pid: int, maps: list[procfs.Mapping], pattern: bytes,
+                library: str | None = None) -> int | None:
+    """``find_code`` with any reader of the process's memory (one that needs no stop)."""
+    exe = set(procfs.exe_mappings(pid, maps))
     candidates = [m for m in maps if m.path == "[vdso]" and library is None]
     candidates += [
         m for m in maps
@@ -74,7 +79,7 @@ def find_code(process: Process, pattern: bytes, library: str | None = None) -> i
     ]
     for m in candidates:
         if m.executable and m.readable:
-            found = _search(process, m, pattern)
+            found = _search(read, m, pattern)
             if found is not None:
                 return found
     return None
@@ -85,22 +90,22 @@ def find_code(process: Process, pattern: bytes, library: str | None = None) -> i
 _FOUND: dict[tuple[bytes, str, int, int, int], int] = {}
 
 
-def _search(process: Process, m: procfs.Mapping, pattern: bytes) -> int | None:
+def _search(read, m: procfs.Mapping, pattern: bytes) -> int | None:
     key = (pattern, m.path, m.inode, m.offset, m.size)
     if m.inode and key in _FOUND:
         return None if _FOUND[key] < 0 else m.start + _FOUND[key]
-    found = _search_memory(process, m, pattern)
+    found = _search_memory(read, m, pattern)
     if m.inode:
         _FOUND[key] = -1 if found is None else found - m.start
     return found
 
 
-def _search_memory(process: Process, m: procfs.Mapping, pattern: bytes) -> int | None:
+def _search_memory(read, m: procfs.Mapping, pattern: bytes) -> int | None:
     chunk = 1 << 20
     for start in range(m.start, m.end, chunk):
         # Overlap by len(pattern) - 1 so a match across two chunks is not missed.
         size = min(chunk + len(pattern) - 1, m.end - start)
-        index = process.read(start, size).find(pattern)
+        index = read(start, size).find(pattern)
         if index >= 0:
             return start + index
     return None

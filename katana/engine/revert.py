@@ -62,7 +62,7 @@ def _revert(proc: Process, record, records, ranges, config, by) -> None:
     from katana.engine.safepoint import Checker, wait_for_safe_point
 
     base, size = record.region
-    checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks)
+    checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks, records=records)
     try:
         wait_for_safe_point(proc, ranges, config.max_wait_for_patching,
                             config.safe_point_retry_interval, checker=checker)

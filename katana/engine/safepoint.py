@@ -27,13 +27,8 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from katana.engine import procfs
-from katana.engine.coroutines import (
-    declared_stacks,
-    find_contexts,
-    imports_switch,
-    switch_returns,
-)
+from katana.engine import inject, procfs
+from katana.engine.coroutines import declared_stacks, find_contexts, switch_returns
 from katana.engine.hooks import ReturnHooks
 from katana.engine.process import Process, check_interrupts
 from katana.engine.unwind import ProcessCfi, Unwinder, Walk, regs_of
@@ -174,29 +169,33 @@ class Checker:
     program's declared stacks."""
 
     def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
-                 declared: tuple[int, int] | None = None, return_hooks: bool = True) -> None:
+                 declared: tuple[int, int] | None = None, return_hooks: bool = True,
+                 records: list | None = None) -> None:
+        """``records``: the process's patch records, when the caller has read them already."""
+        from katana.engine.record import read_records
+
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
         self.read = _MemReader(pid)
-        self.cfi = ProcessCfi(pid, self.read)
-        self._add_patch_cfi()
-        self.hooks = ReturnHooks(pid)
+        maps = procfs.read_maps(pid)
+        self.cfi = ProcessCfi(pid, self.read, maps)
+        self._add_patch_cfi(read_records(pid, maps) if records is None else records)
+        self.hooks = ReturnHooks(pid, self.read)
         self.hooks.enabled &= return_hooks
-        self.restorer = _find_restorer(self.read, procfs.read_maps(pid))
-        self.switch_returns: set[int] = set()
-        exe = procfs.exe_path(pid)
-        if imports_switch(exe):
-            bias = procfs.load_bias(pid)
-            self.switch_returns = {r + bias for r in switch_returns(exe)}
+        # glibc's libc.so.6 holds the one __restore_rt that sigaction installs; library text
+        # does not change while the program runs, so it is found before the stop (and once per
+        # library file: inject's search keeps what it found)
+        self.restorer = inject.search_code(self.read, pid, maps, RESTORER, library="libc.so")
+        bias = procfs.load_bias(pid, maps)
+        self.switch_returns = {r + bias for r in switch_returns(procfs.exe_path(pid))}
         self.declared = declared
 
-    def _add_patch_cfi(self) -> None:
+    def _add_patch_cfi(self, records: list) -> None:
         from katana.engine.cfi import CfiError, PatchCfi, fde_from_blob
-        from katana.engine.record import read_records
 
         fdes, regions = [], []
-        for record in read_records(self.pid):
+        for record in records:
             regions.append((record.region[0], record.region[0] + record.region[1]))
             for section, blob in record.cfi:
                 try:
@@ -208,7 +207,6 @@ class Checker:
 
     def close(self) -> None:
         self.read.close()
-        self.hooks.close()
 
     def unwinder(self) -> Unwinder:
         return Unwinder(self.cfi, self.read, self.hooks.original)
@@ -367,19 +365,6 @@ class Checker:
         if callers and all(o is not None and ".so" in o.name for o in libraries):
             return f"{busy.name} is where {label} starts: it returns only when that ends"
         return ""
-
-
-def _find_restorer(read, maps: list[procfs.Mapping]) -> int | None:
-    # glibc's libc.so.6 holds the one __restore_rt that sigaction installs; found once, before
-    # the stop (library text does not change while the program runs).
-    for m in maps:
-        if m.executable and os.path.basename(m.path).startswith("libc.so"):
-            try:
-                at = read(m.start, m.size).find(RESTORER)
-            except TargetError:
-                return None
-            return m.start + at if at >= 0 else None
-    return None
 
 
 def _describe(busy: list[Busy]) -> str:

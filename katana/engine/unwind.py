@@ -66,12 +66,13 @@ def regs_of(user_regs) -> dict[int, int]:
 class ProcessCfi:
     """The CFI of every object mapped in one process, read before the stop."""
 
-    def __init__(self, pid: int, read: Callable[[int, int], bytes]) -> None:
+    def __init__(self, pid: int, read: Callable[[int, int], bytes],
+                 maps: list[procfs.Mapping] | None = None) -> None:
         self.pid = pid
         self.read = read
         self.objects: list[_Object] = []
         self.patches: list[_Object] = []
-        self.refresh(procfs.read_maps(pid))
+        self.refresh(procfs.read_maps(pid) if maps is None else maps)
 
     def add_patches(self, regions: list[tuple[int, int]], cfi: PatchCfi) -> None:
         """Code of patches already applied: their regions, unwound with the CFI their records

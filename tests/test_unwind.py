@@ -252,3 +252,21 @@ def test_revert_waits_for_patched_code_to_return(tmp_path, pie):
         live.wait_for(r"^tick \d+ result 1\d{5}$", after=mark, timeout=20)
     finally:
         live.kill()
+
+
+def test_return_hooks_can_be_turned_off(tmp_path):
+    """flags.returnHooks: false (for a program that unwinds its own stack) does what it says:
+    no hook is set, so a function that sleeps 0.4 s per call is only ever checked at random
+    instants, finds it busy every time, and the apply is refused."""
+    exes, po, config = _built("slow_return", tmp_path, True, wait=2)
+    config.write_text("{maxWaitForPatching: 2, flags: {returnHooks: false}}")
+    live = Live([str(exes["v0"])])
+    try:
+        live.wait_for(r"^tick 1 result 100001$", timeout=20)
+        result = katana("-c", str(config), "-v", "apply", str(po), str(live.pid))
+        assert result.returncode == 10, result.stderr
+        assert "return hook" not in result.stderr
+        mark = live.mark()
+        live.wait_for(r"^tick \d+ result 1\d{5}$", after=mark, timeout=20)
+    finally:
+        live.kill()

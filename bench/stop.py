@@ -159,7 +159,7 @@ def one_run(exe: Path, po: Path, floor: Path) -> tuple[float, float, float, floa
 
 def _address(pid: int, exe: Path) -> int:
     from katana.elf.symtab import executable_symbols
-    from katana.engine import procfs
+    from katana.target import procfs
 
     return executable_symbols(str(exe)).find("fn_000").value + procfs.load_bias(pid)
 

@@ -275,8 +275,8 @@ def _list_config(args: argparse.Namespace, config):
 
 
 def _cmd_list(args: argparse.Namespace, config) -> int:
-    from katana.engine.trust import describe, describe_text
     from katana.errors import KeyFileError
+    from katana.live.trust import describe, describe_text
     from katana.po import load_po
     from katana.view import render_json, render_text
 
@@ -320,8 +320,8 @@ def _cmd_sign(args: argparse.Namespace, config) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace, config) -> int:
-    from katana.engine.trust import describe
     from katana.errors import SignatureError
+    from katana.live.trust import describe
     from katana.po.signature import key_id, load_public_key, short_id, sig_path
 
     keys = None if args.key is None else {key_id(load_public_key(k)): k for k in args.key}
@@ -356,20 +356,20 @@ def _outrank_target() -> None:
 
 
 def _cmd_apply(args: argparse.Namespace, config) -> int:
-    from katana.engine.command import apply_command
+    from katana.live.command import apply_command
 
     return apply_command(args.patch, args.pids, config, leave_stopped=args.stopped,
                          verbosity=_verbosity(args, config))
 
 
 def _cmd_status(args: argparse.Namespace, config) -> int:
-    from katana.engine.status import status_command
+    from katana.live.status import status_command
 
     return status_command(args.pid, as_json=args.json)
 
 
 def _cmd_revert(args: argparse.Namespace, config) -> int:
-    from katana.engine.revert import revert_command
+    from katana.live.revert import revert_command
 
     return revert_command(args.pid, config, verbosity=_verbosity(args, config))
 
@@ -377,7 +377,7 @@ def _cmd_revert(args: argparse.Namespace, config) -> int:
 def _cmd_flags(args: argparse.Namespace, config) -> int:
     import shlex
 
-    from katana import buildflags
+    from katana.build import flags as buildflags
 
     cc = args.cc or os.environ.get("CC") or "cc"
     compiler = buildflags.probe_compiler(shlex.split(cc), os.environ)

@@ -402,7 +402,7 @@ def render_json(po: PatchObject, code: bool = False,
     -> ``{old_size, new_size, fields, ops}`` (``ops`` as in ``FieldOp``); ``safety``: list of
     ``{name, file, local}``; ``warnings``: list of strings; ``sections``: list of ``{name, kind,
     size, align, relocations (a count)}``, plus ``data`` (hex) with ``code``; ``signature``:
-    what ``katana.engine.trust.describe`` says of the file (``signed``, ``key_id``, ``valid``,
+    what ``katana.live.trust.describe`` says of the file (``signed``, ``key_id``, ``valid``,
     ``trusted``, ``trusted_key``, ``error``), None when not asked.
     """
     meta = po.meta

@@ -17,13 +17,14 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from katana.elf.symtab import executable_symbols
-from katana.engine import alloc, inject, procfs, ptrace, safepoint
-from katana.engine.dynsym import library_symbols
-from katana.engine.memory import Memory
-from katana.engine.process import Process
-from katana.engine.safepoint import Range
-from katana.engine.symbols import ProcessSymbols
 from katana.errors import ApplyError, BusyError, FormatError, TargetError
+from katana.safety import safepoint
+from katana.safety.safepoint import Range
+from katana.target import alloc, inject, procfs, ptrace
+from katana.target.dynsym import library_symbols
+from katana.target.memory import Memory
+from katana.target.process import Process
+from katana.target.symbols import ProcessSymbols
 
 pytestmark = pytest.mark.live
 
@@ -271,7 +272,7 @@ def test_a_killed_tracer_leaves_the_target_running(build, spawn):
     SIGSTOP behind (PTRACE_ATTACH's would stop the whole process, state T, with no tracer)."""
     target = spawn(build("engine_target"))
     target.expect(r"^ready")
-    script = ("import sys; from katana.engine.process import Process\n"
+    script = ("import sys; from katana.target.process import Process\n"
               f"p = Process({target.pid}); p.stop(); print('held', flush=True)\n"
               "sys.stdin.read()\n")
     holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,

@@ -28,9 +28,9 @@ import pytest
 from livekit import build_version, katana
 
 from katana.elf.symtab import executable_symbols
-from katana.engine import procfs
-from katana.engine.record import read_records
+from katana.live.record import read_records
 from katana.po import load_po
+from katana.target import procfs
 
 pytestmark = pytest.mark.live
 

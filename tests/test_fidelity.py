@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from livekit import CFLAGS, LDFLAGS, SCENARIOS, build_version, katana  # noqa: E402
 
+from katana.build.snapshot import make_snapshot  # noqa: E402
 from katana.elf.relocs import R_X86_64_GOTPCREL  # noqa: E402
 from katana.errors import GenerateError  # noqa: E402
 from katana.generate.plan import build_patch  # noqa: E402
 from katana.generate.tree import load_tree  # noqa: E402
-from katana.snapshot import make_snapshot  # noqa: E402
 
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
 

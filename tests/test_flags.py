@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from livekit import Live
 
-from katana import buildflags
+from katana.build import flags as buildflags
 
 BIN = Path(sys.executable).parent  # where the console script `katana` is installed
 

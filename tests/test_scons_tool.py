@@ -1,6 +1,6 @@
 """The katana SCons tool: flags, refusals, recorded objects, variables, release and patch targets.
 
-In-process tests build an Environment with ``katana.scons_tool.generate`` and read the command
+In-process tests build an Environment with ``katana.build.scons_tool.generate`` and read the command
 lines SCons would run; end-to-end tests run ``python -m SCons`` in a subprocess on a small C
 project made in tmp_path (loaded through TOOLPATH, so without site_scons) and on a copy of the
 repository's example.
@@ -20,8 +20,9 @@ import SCons.Environment
 import SCons.Errors
 from elftools.elf.elffile import ELFFile
 
-from katana import buildflags, scons_tool
-from katana.scons_tool import generate
+from katana.build import flags as buildflags
+from katana.build import scons_tool
+from katana.build.scons_tool import generate
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -223,7 +224,7 @@ def test_toolpath_holds_a_katana_tool():
 # -- end to end ------------------------------------------------------------------------------
 
 SCONSTRUCT = """\
-from katana.scons_tool import TOOLPATH
+from katana.build.scons_tool import TOOLPATH
 V = ARGUMENTS.get('VERSION', 'v0')
 env = Environment(tools=['default', 'katana'], toolpath=[TOOLPATH], CCFLAGS='-O2 -g')
 env.Append(CCFLAGS=' ' + ARGUMENTS.get('EXTRA_CCFLAGS', ''),
@@ -311,7 +312,7 @@ TOOL_LOADING = {
     # the usual way: import TOOLPATH from the package, then load the tool twice
     "imported first": """\
 import sys
-from katana.scons_tool import TOOLPATH
+from katana.build.scons_tool import TOOLPATH
 import katana
 package = katana
 Environment(tools=['default', 'katana'], toolpath=[TOOLPATH])
@@ -338,7 +339,7 @@ assert package.__path__ and package.generate.api.generate_patch
 print('PACKAGE', package.__file__)
 """)
     out = ok(scons(tmp_path, ".")).stdout
-    assert f"PACKAGE {Path(scons_tool.__file__).parent / '__init__.py'}" in out
+    assert f"PACKAGE {Path(scons_tool.__file__).parents[1] / '__init__.py'}" in out
 
 
 @pytest.mark.scons

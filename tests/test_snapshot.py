@@ -1,4 +1,4 @@
-"""Release snapshots (katana.snapshot) and the build-id reader (katana.elf.buildid).
+"""Release snapshots (katana.build.snapshot) and the build-id reader (katana.elf.buildid).
 
 The objects and programs are compiled here with gcc, with the flags the katana tool gives;
 the SCons side of releases is tested in test_scons_tool.py.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from katana.build.snapshot import Snapshot, make_snapshot
 from katana.elf.buildid import read_build_id
 from katana.errors import BuildError, FormatError, KatanaError
-from katana.snapshot import Snapshot, make_snapshot
 
 CFLAGS = ["-O2", "-g", "-ffunction-sections", "-fdata-sections"]
 SOURCES = {

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from katana.engine.transfer import StateTransfer, map_offset
 from katana.errors import ApplyError
+from katana.live.transfer import StateTransfer, map_offset
 from katana.po.model import FieldOp, TypeTransform
 
 # struct node { int v; struct node *next; }  ->  { int v; int extra; long w; struct node *next; }

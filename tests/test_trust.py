@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from livekit import Live, build_scenario, code_snapshot, katana
 
-from katana.engine.record import HEADER, MAGIC, Audit, Record
+from katana.live.record import HEADER, MAGIC, Audit, Record
 from katana.po.signature import generate_key_pair, sig_path
 
 # -- key files ---------------------------------------------------------------------------------

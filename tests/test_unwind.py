@@ -15,12 +15,12 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from elftools.elf.elffile import ELFFile
 from livekit import Live, build_scenario, code_snapshot, function_addresses, katana, load_bias
 
-from katana.engine import procfs
-from katana.engine.cfi import row_at
-from katana.engine.hooks import CODE_SIZE, trampoline
-from katana.engine.process import Process
-from katana.engine.safepoint import Checker, Range
-from katana.engine.unwind import ProcessCfi, regs_of
+from katana.safety.cfi import row_at
+from katana.safety.hooks import CODE_SIZE, trampoline
+from katana.safety.safepoint import Checker, Range
+from katana.safety.unwind import ProcessCfi, regs_of
+from katana.target import procfs
+from katana.target.process import Process
 
 pytestmark = pytest.mark.live
 PIE = pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
@@ -236,7 +236,7 @@ def test_revert_waits_for_patched_code_to_return(tmp_path, pie):
     work = next(f for f in loaded.meta.functions if f.name == "work")
     section = loaded.symbols[work.symbol].section
     assert str(section) in loaded.meta.cfi
-    from katana.engine.cfi import fde_from_blob
+    from katana.safety.cfi import fde_from_blob
     fde = fde_from_blob(loaded.meta.cfi[str(section)], 0x1000)
     assert fde.end - fde.start == work.new_size
     config = tmp_path / "k.conf"

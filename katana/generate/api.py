@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from katana.build.snapshot import MANIFEST, Snapshot
 from katana.errors import GenerateError, KatanaError
 from katana.generate.plan import build_patch
 from katana.generate.tree import load_tree
 from katana.po.model import PatchObject
-from katana.snapshot import MANIFEST, Snapshot
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from katana.buildflags import ENTRY_ROOM, LIVE_PATCHING, SECTIONS, refusal
+from katana.build.flags import ENTRY_ROOM, LIVE_PATCHING, SECTIONS, refusal
 from katana.elf.objfile import ObjectFile
 from katana.elf.producer import CompileUnit, compile_unit
 from katana.errors import BuildError

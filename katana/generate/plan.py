@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from katana import __version__
-from katana.buildflags import ENTRY_ROOM
+from katana.build.flags import ENTRY_ROOM
 from katana.elf.buildid import read_build_id
 from katana.elf.ehframe import section_cfi
 from katana.elf.executable import Executable, open_executable

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from katana.build.snapshot import MANIFEST, Snapshot
 from katana.errors import BuildError, GenerateError, UsageError
-from katana.snapshot import MANIFEST, Snapshot
 
 _ELF_MAGIC = b"\x7fELF"
 _ET_EXEC, _ET_DYN = 2, 3

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from katana.engine import procfs
-from katana.engine.audit import audit_line, log_event, revert_audit
-from katana.engine.borrow import Borrower
-from katana.engine.inject import SYS_munmap
-from katana.engine.process import Process, check_interrupts, fault_point, signals_held
-from katana.engine.record import REVERTED_MAGIC, read_records
 from katana.errors import ApplyError, KatanaError
+from katana.live.audit import audit_line, log_event, revert_audit
+from katana.live.record import REVERTED_MAGIC, read_records
+from katana.target import procfs
+from katana.target.borrow import Borrower
+from katana.target.inject import SYS_munmap
+from katana.target.process import Process, check_interrupts, fault_point, signals_held
 
 
 def revert_command(pid: int, config, verbosity: int = 1) -> int:
@@ -24,7 +24,7 @@ def revert_command(pid: int, config, verbosity: int = 1) -> int:
 
 
 def _revert_command(pid: int, config, verbosity: int) -> int:
-    from katana.engine.safepoint import Range
+    from katana.safety.safepoint import Range
 
     records = read_records(pid)
     if not records:
@@ -59,7 +59,7 @@ def _tombstone(record, by) -> tuple[bytes, int]:
 
 
 def _revert(proc: Process, record, records, ranges, config, by) -> None:
-    from katana.engine.safepoint import Checker, wait_for_safe_point
+    from katana.safety.safepoint import Checker, wait_for_safe_point
 
     base, size = record.region
     checker = Checker(proc.pid, ranges, return_hooks=config.return_hooks, records=records)

@@ -23,10 +23,10 @@ import struct
 import time
 from collections.abc import Callable
 
-from katana.engine import procfs
-from katana.engine.process import Process, fault_point
-from katana.engine.ptrace import Regs
 from katana.errors import ApplyError, TargetError
+from katana.target import procfs
+from katana.target.process import Process, fault_point
+from katana.target.ptrace import Regs
 
 # pop rax; pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9   (number and arguments)
 # syscall

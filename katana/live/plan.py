@@ -24,12 +24,12 @@ from katana.elf.relocs import (
     field_size,
 )
 from katana.elf.symtab import STT_TLS
-from katana.engine import procfs
-from katana.engine.loader import Layout, plan_layout
-from katana.engine.record import Audit, Record, Site, key, read_records
 from katana.errors import ApplyError, MismatchError
+from katana.live.loader import Layout, plan_layout
+from katana.live.record import Audit, Record, Site, key, read_records
 from katana.po.model import PatchObject, Symbol, VariablePatch
 from katana.po.reader import read_po, read_po_bytes
+from katana.target import procfs
 
 JMP_REL32 = 0xE9
 JMP_SIZE = 5
@@ -128,7 +128,7 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
     """Resolve symbols of the program; return those left for the shared libraries."""
-    from katana.engine.symbols import ProcessSymbols
+    from katana.target.symbols import ProcessSymbols
 
     libs = []
     for i, sym in enumerate(plan.po.symbols):
@@ -161,7 +161,7 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
 def _exported(symbols, name: str):
     """The first loaded library's definition of ``name``, or None (an IFUNC is resolved only
     at commit: that needs the process stopped)."""
-    from katana.engine.dynsym import library_symbols
+    from katana.target.dynsym import library_symbols
 
     for lib in symbols.libraries():
         found = library_symbols(lib.path).find(name)

@@ -1,10 +1,10 @@
-"""SCons tool ``katana``: re-exports ``generate`` and ``exists`` from ``katana.scons_tool``.
+"""SCons tool ``katana``: re-exports ``generate`` and ``exists`` from ``katana.build.scons_tool``.
 
 SCons imports a tool module under the tool's bare name, so while this file runs it *is*
 ``sys.modules["katana"]``, and SCons has put this file's directory at the head of ``sys.path``:
 both would hide the real ``katana`` package. Put the package back (the very same module object
 when it was imported before) before importing the tool from it. The same file serves as
-``katana/site_tools/katana.py`` (for ``toolpath=[katana.scons_tool.TOOLPATH]``) and as
+``katana/build/site_tools/katana.py`` (for ``toolpath=[katana.build.scons_tool.TOOLPATH]``) and as
 ``site_scons/site_tools/katana/__init__.py`` in Katana's own repository.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 
 def _restore_katana_package():
-    tool = sys.modules.get("katana.scons_tool")
+    tool = sys.modules.get("katana.build.scons_tool")
     if __name__ == "katana":
         del sys.modules["katana"]
     if tool is not None:
@@ -37,4 +37,4 @@ def _restore_katana_package():
 
 _restore_katana_package()
 
-from katana.scons_tool import exists, generate  # noqa: E402,F401
+from katana.build.scons_tool import exists, generate  # noqa: E402,F401

@@ -148,7 +148,7 @@ def _switched_on(mem, record: Record, later: list[Record]) -> bool:
 def read_records(pid: int, maps: list | None = None, magic: bytes = MAGIC) -> list[Record]:
     """Every patch applied to a process, oldest first (``maps``: its mappings, if at hand;
     with REVERTED_MAGIC: every patch reverted, what their records keep)."""
-    from katana.engine.procfs import check_process, read_maps
+    from katana.target.procfs import check_process, read_maps
 
     check_process(pid)  # a zombie, a thread id or a kernel thread is named as such
     records = []

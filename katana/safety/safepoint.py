@@ -27,12 +27,12 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from katana.engine import inject, procfs
-from katana.engine.coroutines import declared_stacks, find_contexts, switch_returns
-from katana.engine.hooks import ReturnHooks
-from katana.engine.process import Process, check_interrupts
-from katana.engine.unwind import ProcessCfi, Unwinder, Walk, regs_of
 from katana.errors import BusyError, KatanaError, TargetError
+from katana.safety.coroutines import declared_stacks, find_contexts, switch_returns
+from katana.safety.hooks import ReturnHooks
+from katana.safety.unwind import ProcessCfi, Unwinder, Walk, regs_of
+from katana.target import inject, procfs
+from katana.target.process import Process, check_interrupts
 
 MAX_SCAN = 64 << 20  # stop scanning a "stack" this far above RSP
 # glibc's __restore_rt: mov $SYS_rt_sigreturn, %rax; syscall
@@ -172,7 +172,7 @@ class Checker:
                  declared: tuple[int, int] | None = None, return_hooks: bool = True,
                  records: list | None = None) -> None:
         """``records``: the process's patch records, when the caller has read them already."""
-        from katana.engine.record import read_records
+        from katana.live.record import read_records
 
         self.pid = pid
         self.index = _Index(ranges)
@@ -192,7 +192,7 @@ class Checker:
         self.declared = declared
 
     def _add_patch_cfi(self, records: list) -> None:
-        from katana.engine.cfi import CfiError, PatchCfi, fde_from_blob
+        from katana.safety.cfi import CfiError, PatchCfi, fde_from_blob
 
         fdes, regions = [], []
         for record in records:

@@ -12,14 +12,14 @@ import struct
 
 from katana.elf.executable import Reference
 from katana.elf.relocs import R_X86_64_32
-from katana.engine import alloc, inject, procfs
-from katana.engine.borrow import Borrower
-from katana.engine.loader import link
-from katana.engine.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
-from katana.engine.process import Process, fault_point
-from katana.engine.record import HEADER, Record, Site, read_records
-from katana.engine.transfer import StateTransfer
 from katana.errors import ApplyError, KatanaError
+from katana.live.loader import link
+from katana.live.plan import JMP_REL32, JMP_SIZE, SHORT_JMP_BACK, Plan, build_record, new_address
+from katana.live.record import HEADER, Record, Site, read_records
+from katana.live.transfer import StateTransfer
+from katana.target import alloc, inject, procfs
+from katana.target.borrow import Borrower
+from katana.target.process import Process, fault_point
 
 
 class Commit:
@@ -143,7 +143,7 @@ class Commit:
         return self.record
 
     def _resolve_libraries(self) -> None:
-        from katana.engine.symbols import ProcessSymbols
+        from katana.target.symbols import ProcessSymbols
 
         if self.plan.far:
             symbols = ProcessSymbols(self.proc)

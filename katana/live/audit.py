@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from katana.engine.record import Audit, Record
+from katana.live.record import Audit, Record
 
 # syslog(3) priorities (RFC 5424 numbers): security messages go to LOG_AUTHPRIV, which
 # distributions keep in a file ordinary users cannot read (/var/log/secure, auth.log).

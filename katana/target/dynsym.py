@@ -48,7 +48,7 @@ class LibrarySymbols:
 
 
 def _read_dynsym(path: str) -> list[DynSymbol]:
-    from katana.engine.process import sigint_deferred
+    from katana.target.process import sigint_deferred
 
     with sigint_deferred():
         import lief  # noqa: PLC0415 - 0.3 s to import: only when a library symbol is needed

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from katana.elf.headers import SHT_RELA, read_headers, read_section
-from katana.engine import procfs
+from katana.target import procfs
 
 # struct ucontext_t (x86-64 glibc <sys/ucontext.h>): uc_flags, uc_link, uc_stack (24 bytes),
 # then mcontext_t { gregset_t gregs[23]; fpregset_t fpregs; ... }, uc_sigmask (128 bytes),

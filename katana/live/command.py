@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.engine import procfs
-from katana.engine.apply import apply_patch
-from katana.engine.audit import log_event, refusal_line
-from katana.engine.process import raise_interrupt
-from katana.engine.trust import check_policy
 from katana.errors import KatanaError, MismatchError, SignatureError, TargetError, UsageError
+from katana.live.apply import apply_patch
+from katana.live.audit import log_event, refusal_line
+from katana.live.trust import check_policy
 from katana.po import load_po
+from katana.target import procfs
+from katana.target.process import raise_interrupt
 
 
 def _say(verbosity: int, level: int, text: str) -> None:

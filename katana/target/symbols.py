@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 from katana.elf.symtab import STT_GNU_IFUNC, ElfSymbol, ExecutableSymbols, executable_symbols
-from katana.engine import inject, procfs
-from katana.engine.dynsym import DynSymbol, library_symbols
-from katana.engine.process import Process
 from katana.errors import ApplyError
+from katana.target import inject, procfs
+from katana.target.dynsym import DynSymbol, library_symbols
+from katana.target.process import Process
 
 
 class ProcessSymbols:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import errno
 
-from katana.engine import inject, procfs
-from katana.engine.borrow import Borrower
-from katana.engine.process import Process
-from katana.engine.procfs import PAGE_SIZE, Mapping
 from katana.errors import ApplyError
+from katana.target import inject, procfs
+from katana.target.borrow import Borrower
+from katana.target.process import Process
+from katana.target.procfs import PAGE_SIZE, Mapping
 
 REACH = 2**31  # the span of a signed 32-bit displacement
 LOW_2G = 0x8000_0000  # below it, an address fits R_X86_64_32 and R_X86_64_32S alike

@@ -29,10 +29,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from katana.engine import alloc, inject, procfs
-from katana.engine.borrow import Borrower
-from katana.engine.process import Process
 from katana.errors import ApplyError, KatanaError, TargetError
+from katana.target import alloc, inject, procfs
+from katana.target.borrow import Borrower
+from katana.target.process import Process
 
 SLOTS = 24
 CODE_SIZE = 160  # bytes of code per slot (142 used)

@@ -11,10 +11,10 @@ import errno
 import os
 import struct
 
-from katana.engine import procfs
-from katana.engine.process import Process
-from katana.engine.ptrace import Regs
 from katana.errors import ApplyError
+from katana.target import procfs
+from katana.target.process import Process
+from katana.target.ptrace import Regs
 
 SYS_mmap = 9
 SYS_mprotect = 10

@@ -1,4 +1,4 @@
-"""katana.scons_tool
+"""katana.build.scons_tool
 
 Tool-specific initialization for Katana: builds whose programs can be hot-patched.
 
@@ -9,7 +9,7 @@ that defeat it, records which objects each program is made of, and adds two targ
 
 Load it after the toolchain, ``Environment(tools=['default', 'katana'])``: SCons's ``link``
 tool resets ``LINKFLAGS`` when it loads. From a project without ``site_scons``, pass
-``toolpath=[katana.scons_tool.TOOLPATH]``. See docs/scons-tool.md.
+``toolpath=[katana.build.scons_tool.TOOLPATH]``. See docs/scons-tool.md.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ import SCons.Tool
 import SCons.Util
 import SCons.Variables
 
-from katana import buildflags
-from katana.buildflags import LINK_FLAGS, Compiler
+from katana.build import flags as buildflags
+from katana.build.flags import LINK_FLAGS, Compiler
+from katana.build.snapshot import MANIFEST, Snapshot, make_snapshot
 from katana.errors import KatanaError, NoChangeError
-from katana.snapshot import MANIFEST, Snapshot, make_snapshot
 
 #: Directory to pass as ``toolpath`` so that SCons finds this tool as ``katana``.
 TOOLPATH = str(Path(__file__).resolve().parent / "site_tools")
 
 #: The katana package itself. SCons registers a tool module in ``sys.modules`` under the tool's
 #: bare name, which hides this package; the tool shims in site_tools put it back from here.
-PACKAGE = sys.modules[__package__]
+PACKAGE = sys.modules[__package__.partition(".")[0]]
 
 _COMPILE_VARS = ("CCFLAGS", "CFLAGS", "CXXFLAGS", "SHCCFLAGS", "SHCFLAGS", "SHCXXFLAGS")
 _LINK_VARS = ("LINKFLAGS", "SHLINKFLAGS")

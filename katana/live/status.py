@@ -6,8 +6,8 @@ import json
 import time
 
 from katana.elf.buildid import read_build_id
-from katana.engine.record import REVERTED_MAGIC, Audit, Record, read_records
 from katana.errors import TargetError
+from katana.live.record import REVERTED_MAGIC, Audit, Record, read_records
 from katana.po.signature import short_id
 
 

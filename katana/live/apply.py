@@ -15,20 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from katana.engine import procfs
-from katana.engine.audit import audit_line, log_event, new_audit
-from katana.engine.commit import Commit
-from katana.engine.plan import Plan, prepare
-from katana.engine.process import (
+from katana.errors import ApplyError, KatanaError, TargetError
+from katana.live.audit import audit_line, log_event, new_audit
+from katana.live.commit import Commit
+from katana.live.plan import Plan, prepare
+from katana.live.record import Record
+from katana.live.trust import Trust, check_policy
+from katana.target import procfs
+from katana.target.process import (
     Process,
     check_interrupts,
     fault_point,
     signals_held,
     take_interrupt,
 )
-from katana.engine.record import Record
-from katana.engine.trust import Trust, check_policy
-from katana.errors import ApplyError, KatanaError, TargetError
 
 
 @dataclass
@@ -65,7 +65,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     ``say(level, text)`` hears of each phase (level 1) and of details (level 2). ``trust`` is
     what ``check_policy`` said of the file (checked here when not given). ``began``: a
     time.monotonic() instant maxWaitForPatching counts from (default: now)."""
-    from katana.engine.safepoint import Range
+    from katana.safety.safepoint import Range
 
     # maxWaitForPatching counts from here (the command's own start, when it patches one process)
     began = time.monotonic() if began is None else began
@@ -129,7 +129,7 @@ def _exited(pid: int) -> bool:
 
 def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
                        leave_stopped: bool, say, began: float) -> Record:
-    from katana.engine.safepoint import Checker, wait_for_safe_point
+    from katana.safety.safepoint import Checker, wait_for_safe_point
 
     started = time.monotonic()
     # what the safe point needs (the CFI of every mapped object, the coroutine switch points),

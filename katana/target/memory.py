@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from katana.engine import ptrace as pt
 from katana.errors import ApplyError, TargetError
+from katana.target import ptrace as pt
 
 
 class Memory:

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from katana.engine import procfs
-from katana.engine import ptrace as pt
-from katana.engine.memory import Memory
 from katana.errors import ApplyError, TargetError, Terminated
+from katana.target import procfs
+from katana.target import ptrace as pt
+from katana.target.memory import Memory
 
 T = TypeVar("T")
 

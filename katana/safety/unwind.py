@@ -18,9 +18,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from katana.engine import procfs
-from katana.engine.cfi import RA, CfiError, ObjectCfi, PatchCfi, expr, read_object, row_at
 from katana.errors import TargetError
+from katana.safety.cfi import RA, CfiError, ObjectCfi, PatchCfi, expr, read_object, row_at
+from katana.target import procfs
 
 # DWARF register numbers (psABI figure 3.36) of struct user_regs_struct's fields.
 DWARF_REGS = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",

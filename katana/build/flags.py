@@ -1,7 +1,7 @@
 """The compiler and linker flags hot patching needs, and the ones that defeat it.
 
 Plain functions on flag lists, so that the rules read (and test) without SCons; the SCons tool
-(``katana.scons_tool``) applies them to construction environments.
+(``katana.build.scons_tool``) applies them to construction environments.
 """
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+/* v2 of the library: value = 4 * x. Its state is static: what a patch must keep. */
+#include "kv.h"
+
+static long calls;
+/* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
+static __thread long thread_calls __attribute__((tls_model("initial-exec")));
+
+struct kv_stats { long hits; long total; };
+static struct kv_stats stats;
+
+long kv_compute(long x)
+{
+    calls++;
+    thread_calls++;
+    stats.hits++;
+    stats.total += x;
+    return x * 4;
+}
+
+long kv_calls(void) { return calls; }
+long kv_thread_calls(void) { return thread_calls; }
+long kv_total(void) { return stats.total; }
+long kv_hits(void) { return stats.hits; }
+long kv_misses(void) { return -1; }

@@ -1,0 +1,25 @@
+/* v3 of the library (from v0): the stats struct gains a field in the middle; value = 5 * x. */
+#include "kv.h"
+
+static long calls;
+/* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
+static __thread long thread_calls __attribute__((tls_model("initial-exec")));
+
+struct kv_stats { long hits; long misses; long total; };
+static struct kv_stats stats;
+
+long kv_compute(long x)
+{
+    calls++;
+    thread_calls++;
+    stats.hits++;
+    stats.misses += x % 2;
+    stats.total += x;
+    return x * 5;
+}
+
+long kv_calls(void) { return calls; }
+long kv_thread_calls(void) { return thread_calls; }
+long kv_total(void) { return stats.total; }
+long kv_hits(void) { return stats.hits; }
+long kv_misses(void) { return stats.misses; }

@@ -17,7 +17,9 @@ from katana.errors import FormatError
 PT_INTERP = 3
 DT_NULL, DT_SONAME = 0, 14
 SHT_DYNSYM = 11
+R_X86_64_64 = 1
 R_X86_64_GLOB_DAT = 6
+R_X86_64_RELATIVE = 8
 R_X86_64_DTPMOD64 = 16
 R_X86_64_TPOFF64 = 18
 _DYN = struct.Struct("<qQ")

@@ -191,7 +191,8 @@ def changed_runs(before: tuple[int, bytes], after: tuple[int, bytes]) -> list[tu
     return runs
 
 
-def build_library_version(src: Path, out: Path, pie: bool = True) -> dict[str, Path]:
+def build_library_version(src: Path, out: Path, pie: bool = True,
+                          cflags: tuple[str, ...] = ()) -> dict[str, Path]:
     """Build a library scenario's version: ``lib<name>.c`` into ``lib<name>.so`` (-fPIC, its
     soname), and every other .c into a program of its name, linked against the libraries and
     finding them in its own directory (rpath $ORIGIN), as a project ships them. Name -> file."""
@@ -202,8 +203,8 @@ def build_library_version(src: Path, out: Path, pie: bool = True) -> dict[str, P
 
     def cc(c: Path, pic: list[str]) -> str:
         obj = c.with_suffix(".o").name
-        subprocess.run(["gcc", *CFLAGS, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
-                        "-o", obj], cwd=out, check=True)
+        subprocess.run(["gcc", *CFLAGS, *cflags, *pic, f"-ffile-prefix-map={out}=.", "-c",
+                        c.name, "-o", obj], cwd=out, check=True)
         return obj
 
     libs = sorted(out.glob("lib*.c"))

@@ -3,7 +3,10 @@
 
 static long calls;
 /* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
-static __thread long thread_calls __attribute__((tls_model("initial-exec")));
+#ifndef KV_TLS_MODEL
+#define KV_TLS_MODEL "initial-exec"
+#endif
+static __thread long thread_calls __attribute__((tls_model(KV_TLS_MODEL)));
 
 struct kv_stats { long hits; long total; };
 static struct kv_stats stats;

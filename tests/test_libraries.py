@@ -9,6 +9,7 @@ thread-local count equal the tick, total is the sum of ticks: state lost shows a
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def test_a_library_struct_grows(project, procs):
     p = project(True)
     po = p.po("libkv.so", "v0", "v3")
     listing = json.loads(katana("list", "--json", str(po), check=True).stdout)
-    assert [(v["name"], v["status"]) for v in listing["variables"]] == [("stats", "transformed")]
+    assert [(v["name"], v["status"]) for v in listing["variables"]] == [("kv_stats", "transformed")]
     live = procs(p.built["v0"]["prog"])
     first = live.wait_for(r"^tick 6 ", timeout=TIMEOUT)
     assert fields(first.string)["misses"] == -1
@@ -217,6 +218,26 @@ def test_a_process_without_that_library_build_is_refused(project, procs):
     assert refused.returncode == 9 and "maps no library named libkv.so" in refused.stderr
 
 
+def test_a_library_po_that_does_not_say_so_gets_a_hint_that_leads_there(project, procs,
+                                                                         tmp_path):
+    """A PO of a library made before POs recorded their object reads as a program's: the
+    refusal says which mapped library it is for and how to make a PO that says so."""
+    from katana.po import load_po, write_po
+
+    p = project(True)
+    po = load_po(p.po("libkv.so", "v0", "v1"))
+    po.meta.target = None
+    old = tmp_path / "old.po"
+    write_po(po, old)
+    live = procs(p.built["v0"]["prog"])
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    refused = katana("apply", str(old), str(live.pid))
+    assert refused.returncode == 9
+    assert f"the patch is for the library {p.root / 'v0' / 'libkv.so'} that this process " \
+        "maps" in refused.stderr.replace("\n", " ")
+    assert "katana generate OLD NEW LIBRARY" in refused.stderr
+
+
 def test_thread_local_through_tls_get_addr_is_refused_at_generation(tmp_path):
     model = ('-DKV_TLS_MODEL="global-dynamic"',)
     for v in ("v0", "v1"):
@@ -226,3 +247,49 @@ def test_thread_local_through_tls_get_addr_is_refused_at_generation(tmp_path):
     assert refused.returncode == 5, refused.stderr
     assert "thread_calls through __tls_get_addr" in refused.stderr
     assert "initial-exec" in refused.stderr and "Traceback" not in refused.stderr
+
+
+SCONSTRUCT = """\
+import katana.build.scons_tool
+env = Environment(tools=['default', 'katana'], toolpath=[katana.build.scons_tool.TOOLPATH])
+env.Append(SHLINKFLAGS=['-Wl,-soname,libkv.so'])
+env.SharedLibrary('kv', ['libkv.c'])
+prog = env.Clone()
+prog.Append(LINKFLAGS=['-Wl,-rpath,\\\\$$ORIGIN'])  # finds libkv.so beside it, in a release too
+prog.Program('prog', ['prog.c'], LIBS=['kv'], LIBPATH=['.'])
+"""
+
+
+def scons(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCONS")}
+    result = subprocess.run([sys.executable, "-m", "SCons", "-Q", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.scons
+def test_scons_releases_and_patches_a_library_like_a_program(tmp_path, procs):
+    (tmp_path / "SConstruct").write_text(SCONSTRUCT)
+    for version in ("v0", "v1"):  # one tree, checked out at each version in turn
+        for name in ("libkv.c", "kv.h", "prog.c"):
+            (tmp_path / name).write_text((SCENARIOS / "library" / version / name).read_text())
+        out = scons(tmp_path, "release", f"VERSION={version}")
+        assert " -fPIC " in out and "-Wl,--build-id=sha1" in out
+    manifest = json.loads((tmp_path / "releases" / "v0" / "manifest.json").read_text())
+    lib = manifest["programs"]["libkv.so"]
+    assert (lib["kind"], lib["soname"], lib["objects"]) == \
+        ("shared_library", "libkv.so", ["libkv.os"])
+    out = scons(tmp_path, "patch", "FROM=v0", "TO=v1")
+    assert "patches/libkv.so-v0-v1.po: libkv.so (shared library) v0 -> v1" in out, out
+    assert "patches/prog-v0-v1.po: prog v0 -> v1" in out, out
+    # the snapshot's own copy runs, and takes its library's patch
+    live = procs(tmp_path / "releases" / "v0" / "prog")
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    apply(tmp_path / "patches" / "libkv.so-v0-v1.po", live.pid)
+    for f in lines_after(live, 2):
+        assert f["value"] == 3 * f["tick"] and f["tag"] == "v0", f
+    # katana generate on the snapshots names the PO as scons patch does
+    again = katana("generate", str(tmp_path / "releases" / "v0"),
+                   str(tmp_path / "releases" / "v1"), "libkv.so", check=True).stdout
+    assert "patches/libkv.so-v0-v1.po" in again

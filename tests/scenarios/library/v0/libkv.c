@@ -9,19 +9,20 @@ static long calls;
 static __thread long thread_calls __attribute__((tls_model(KV_TLS_MODEL)));
 
 struct kv_stats { long hits; long total; };
-static struct kv_stats stats;
+/* a global of the library: its own code reaches it through its GOT (it could be interposed) */
+struct kv_stats kv_stats;
 
 long kv_compute(long x)
 {
     calls++;
     thread_calls++;
-    stats.hits++;
-    stats.total += x;
+    kv_stats.hits++;
+    kv_stats.total += x;
     return x * 2;
 }
 
 long kv_calls(void) { return calls; }
 long kv_thread_calls(void) { return thread_calls; }
-long kv_total(void) { return stats.total; }
-long kv_hits(void) { return stats.hits; }
+long kv_total(void) { return kv_stats.total; }
+long kv_hits(void) { return kv_stats.hits; }
 long kv_misses(void) { return -1; }

@@ -293,3 +293,20 @@ def test_scons_releases_and_patches_a_library_like_a_program(tmp_path, procs):
     again = katana("generate", str(tmp_path / "releases" / "v0"),
                    str(tmp_path / "releases" / "v1"), "libkv.so", check=True).stdout
     assert "patches/libkv.so-v0-v1.po" in again
+
+
+def test_the_safe_point_covers_the_library_functions(tmp_path, procs):
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library_busy" / v, tmp_path / v)
+    po = tmp_path / "busy.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"),
+           "libbusy.so", check=True)
+    config = tmp_path / "katana.conf"
+    config.write_text("{maxWaitForPatching: 1}")
+    live = procs(tmp_path / "v0" / "prog")
+    live.wait_for(r"^tick 2$", timeout=TIMEOUT)
+    refused = katana("-c", str(config), "apply", str(po), str(live.pid))
+    assert refused.returncode == 10, refused.stderr
+    assert "busy_work" in refused.stderr
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+    live.wait_for(r"^tick", after=live.mark() + 1, timeout=TIMEOUT)

@@ -310,3 +310,21 @@ def test_the_safe_point_covers_the_library_functions(tmp_path, procs):
     assert "busy_work" in refused.stderr
     assert "no katana patches applied" in katana("status", str(live.pid)).stdout
     live.wait_for(r"^tick", after=live.mark() + 1, timeout=TIMEOUT)
+
+
+def test_a_library_deleted_since_it_was_loaded_is_found_by_what_is_mapped(project, procs,
+                                                                          tmp_path):
+    """An upgrade in place removes the file a running process loaded: its maps say
+    "(deleted)", and the library is read through /proc/PID/map_files."""
+    import shutil
+
+    p = project(True)
+    here = tmp_path / "installed"
+    shutil.copytree(p.root / "v0", here)
+    live = procs(here / "prog")
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    (here / "libkv.so").unlink()
+    shutil.copy(p.root / "v1" / "libkv.so", here / "libkv.so")  # the new release, installed
+    apply(p.po("libkv.so", "v0", "v1"), live.pid)
+    for f in lines_after(live, 2):
+        assert f["value"] == 3 * f["tick"] and f["calls"] == f["tick"], f

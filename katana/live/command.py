@@ -48,7 +48,8 @@ def _library_pids(names: set[str]) -> list[int]:
             text = procfs.maps_text(int(entry))
         except KatanaError:
             continue  # exited, or not ours to read
-        if any(line.rsplit("/", 1)[-1] in names for line in text.splitlines() if "/" in line):
+        if any(line.rsplit("/", 1)[-1].removesuffix(" (deleted)") in names
+               for line in text.splitlines() if "/" in line):
             found.append(int(entry))
     return sorted(found)
 

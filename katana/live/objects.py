@@ -15,7 +15,7 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.elf.dynamic import R_X86_64_TPOFF64, read_dynamic
-from katana.errors import ApplyError, KatanaError, MismatchError
+from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
 from katana.live.record import Record
 from katana.po.model import Meta
 from katana.target import procfs
@@ -80,7 +80,10 @@ def base_name(name: str) -> str:
 
 
 def object_records(records: list[Record], kind: str, name: str) -> list[Record]:
-    """The records of one object of the process, oldest first."""
+    """The records of one object of the process, oldest first. A process has one program,
+    whatever name its POs gave it; its libraries are told apart by file name."""
+    if kind == "program":
+        return [r for r in records if r.kind == "program"]
     return [r for r in records if r.kind == kind and base_name(r.program) == base_name(name)]
 
 
@@ -89,7 +92,7 @@ def program_object(pid: int, meta: Meta, records: list[Record],
     maps = procfs.read_maps(pid) if maps is None else maps
     exe_maps = procfs.exe_mappings(pid, maps)
     if not exe_maps:
-        raise ApplyError(f"the executable of process {pid} is not mapped")
+        raise TargetError(f"the executable of process {pid} is not mapped")
     path = f"/proc/{pid}/exe"
     return PatchedObject("program", meta.program, path, procfs.load_bias(pid, maps),
                          read_build_id(path) or "", exe_extent(maps, exe_maps),
@@ -105,23 +108,40 @@ class MappedLibrary:
 
 
 def mapped_libraries(pid: int, maps: list[procfs.Mapping] | None = None) -> list[MappedLibrary]:
-    """Every shared library the process maps, with its build-id and soname."""
+    """Every shared library the process maps, with its build-id and soname; also one whose
+    file was deleted or replaced since it was loaded (an upgrade in place), when
+    /proc/PID/map_files still reaches it."""
+    maps = procfs.read_maps(pid) if maps is None else maps
+    exe = set(procfs.exe_mappings(pid, maps))
+    groups: dict[tuple[str, int], list[procfs.Mapping]] = {}
+    for m in maps:
+        if m.path.startswith("/") and m not in exe:
+            groups.setdefault((m.dev, m.inode), []).append(m)
     found = []
-    for lib in procfs.libraries(pid, maps):
-        file = _mapped_file(pid, lib)
+    for group in groups.values():
+        if not any(m.executable for m in group):
+            continue  # a data file the program maps (locale archive, database)
+        path = group[0].path.removesuffix(" (deleted)")
         try:
+            file = _mapped_file(pid, group, path)
+            e_type, low = procfs.elf_load_info(file)
+            base = min((m.start for m in group if m.offset == 0), default=group[0].start)
+            lib = procfs.Library(path, base, base - low if e_type == procfs.ET_DYN else 0,
+                                 tuple(group))
             found.append(MappedLibrary(lib, file, read_build_id(file),
                                        read_dynamic(file).soname))
         except (KatanaError, OSError):
-            continue  # unreadable: it cannot be the library a patch is for
-    return found
+            continue  # unreadable, or not ELF: it cannot be the library a patch is for
+    return sorted(found, key=lambda m: m.library.base)
 
 
-def _mapped_file(pid: int, lib: procfs.Library) -> str:
-    first = min((m for m in lib.mappings if m.offset == 0), key=lambda m: m.start,
-                default=lib.mappings[0])
-    path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
-    return path if os.access(path, os.R_OK) else lib.path
+def _mapped_file(pid: int, group: list[procfs.Mapping], path: str) -> str:
+    first = min((m for m in group if m.offset == 0), key=lambda m: m.start, default=group[0])
+    mapped = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
+    if os.access(mapped, os.R_OK):
+        return mapped
+    # a library seen through another mount namespace (a container) is under /proc/PID/root
+    return next((p for p in (path, f"/proc/{pid}/root{path}") if os.path.isfile(p)), path)
 
 
 def _names(mapped: MappedLibrary) -> set[str]:

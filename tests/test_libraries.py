@@ -1,8 +1,9 @@
 """Shared libraries the project builds, patched live like programs (tests/scenarios/library).
 
-libkv.so holds the logic and its state (static counters, a thread-local counter reached with
-the initial-exec model, a static struct); ``prog`` links it and prints one line per tick,
-``other`` is a second program linking it, ``plugin`` dlopen()s it. The versions: v1 changes the
+libkv.so holds the logic and its state (a static counter, a thread-local counter reached with
+the initial-exec model, or through __tls_get_addr when built so, a global struct); ``prog``
+links it and prints one line per tick, ``other`` is a second program linking it, ``plugin``
+dlopen()s it. The versions: v1 changes the
 library (value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the
 library's struct by a field in the middle (5 x). Every line keeps invariants: calls and the
 thread-local count equal the tick, total is the sum of ticks: state lost shows as a break.
@@ -238,15 +239,34 @@ def test_a_library_po_that_does_not_say_so_gets_a_hint_that_leads_there(project,
     assert "katana generate OLD NEW LIBRARY" in refused.stderr
 
 
-def test_thread_local_through_tls_get_addr_is_refused_at_generation(tmp_path):
-    model = ('-DKV_TLS_MODEL="global-dynamic"',)
+@pytest.mark.parametrize("model", ["global-dynamic", "local-dynamic"])
+def test_thread_local_through_tls_get_addr(tmp_path, procs, model):
+    """The -fPIC default: the library's code asks __tls_get_addr for its variable; the patch
+    does the same, with a tls_index of its own holding the library's module id."""
     for v in ("v0", "v1"):
-        build_library_version(SCENARIOS / "library" / v, tmp_path / v, cflags=model)
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v,
+                              cflags=(f'-DKV_TLS_MODEL="{model}"',))
+    po = tmp_path / "tls.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "libkv.so",
+           check=True)
+    live = procs(tmp_path / "v0" / "prog")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    apply(po, live.pid)
+    after = lines_after(live)
+    for f in after:
+        assert f["value"] == 3 * f["tick"], f
+    assert_state_kept(after)  # tls == calls: the patch counts in the same thread's variable
+
+
+def test_thread_local_through_a_tls_descriptor_is_refused_at_generation(tmp_path):
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v,
+                              cflags=('-DKV_TLS_MODEL="global-dynamic"', "-mtls-dialect=gnu2"))
     refused = katana("generate", "-o", str(tmp_path / "x.po"), str(tmp_path / "v0"),
                      str(tmp_path / "v1"), "libkv.so")
     assert refused.returncode == 5, refused.stderr
-    assert "thread_calls through __tls_get_addr" in refused.stderr
-    assert "initial-exec" in refused.stderr and "Traceback" not in refused.stderr
+    assert "thread_calls through a TLS descriptor" in refused.stderr
+    assert "-mtls-dialect=gnu2" in refused.stderr and "Traceback" not in refused.stderr
 
 
 SCONSTRUCT = """\

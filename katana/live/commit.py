@@ -63,7 +63,8 @@ class Commit:
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
                                           inject.PROT_READ | inject.PROT_WRITE, maps, near)
             self._resolve_libraries()
-            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
+            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i],
+                         self._tls_index)
             start = plan.layout.text_start
             proc.write(self.base + start, bytes(image[start:]))
             text = (self.base + start, plan.layout.text_size)
@@ -81,6 +82,14 @@ class Commit:
         self._plan_writes()
         if not plan.transfers:
             self._record = self._encode_record()
+
+    def _tls_index(self, index: int) -> tuple[int, int]:
+        found = self.plan.library_tls.get(index)
+        if found is None:
+            name = self.plan.po.symbols[index].name
+            raise ApplyError(f"the patch reaches {name} through __tls_get_addr, which katana "
+                             "supports for a library's own thread-local variables only")
+        return found
 
     def _plan_writes(self) -> None:
         by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.elf.dynamic import R_X86_64_TPOFF64, read_dynamic
+from katana.elf.dynamic import R_X86_64_DTPMOD64, R_X86_64_TPOFF64, read_dynamic
 from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
 from katana.live.record import Record
 from katana.po.model import Meta
@@ -32,6 +32,7 @@ class PatchedObject:
     extent: tuple[int, int]  # [low, high) of its image in the process, .bss included
     soname: str | None = None
     records: list[Record] = field(default_factory=list)  # its patches, oldest first
+    _tls: tuple[int | None, int | None] | None = field(default=None, repr=False)
 
     @property
     def effective_build_id(self) -> str:
@@ -49,26 +50,57 @@ class PatchedObject:
             return f"{self.name} {self.records[-1].to_label} (patched)"
         return f"{self.name} at {self.path}"
 
+    def tls_block(self, pid: int) -> tuple[int | None, int | None]:
+        """(module id, offset of the block from the thread pointer) of the library's
+        thread-local block, each None when the library's own relocations do not tell it.
+
+        The dynamic linker fills the library's GOT: an R_X86_64_TPOFF64 slot (initial-exec
+        code) with ``S + A - l_tls_offset``, an R_X86_64_DTPMOD64 slot (code that calls
+        __tls_get_addr) with the module id (glibc, elf_machine_rela). One slot of each read in
+        the process tells where the block is, without knowing ``struct link_map``; the
+        offset holds in every thread, since a block at a fixed offset (static TLS) is laid out
+        so in each."""
+        if self._tls is None:
+            module = tp = None
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                for r in read_dynamic(self.path).relocs:
+                    if r.type not in (R_X86_64_TPOFF64, R_X86_64_DTPMOD64) or \
+                            (r.symbol and not r.value):
+                        continue  # another module's variable
+                    mem.seek(r.offset + self.bias)
+                    live = int.from_bytes(mem.read(8), "little", signed=True)
+                    if r.type == R_X86_64_TPOFF64 and tp is None:
+                        tp = live - (r.value + r.addend)
+                    elif r.type == R_X86_64_DTPMOD64 and module is None:
+                        module = live
+            self._tls = (module, tp)
+        return self._tls
+
     def tp_offset(self, pid: int, tls_value: int, name: str) -> int:
         """Offset from the thread pointer of the library's thread-local variable at
-        ``tls_value`` (its st_value: an offset in the library's TLS block), the same in every
-        thread. The dynamic linker put the library's block at a fixed offset when the library
-        uses initial-exec accesses (DF_STATIC_TLS): the R_X86_64_TPOFF64 slots of its GOT hold
-        ``S + A - l_tls_offset`` (glibc, elf_machine_rela), so one slot read tells the offset."""
-        for r in read_dynamic(self.path).relocs:
-            if r.type != R_X86_64_TPOFF64:
-                continue
-            with open(f"/proc/{pid}/mem", "rb") as mem:
-                mem.seek(r.offset + self.bias)
-                live = int.from_bytes(mem.read(8), "little", signed=True)
-            return live - (r.value + r.addend) + tls_value
+        ``tls_value`` (its st_value: an offset in the library's TLS block)."""
+        tp = self.tls_block(pid)[1]
+        if tp is not None:
+            return tp + tls_value
         raise ApplyError(
-            f"the patch reaches the thread-local variable {name} of {self.name}, which reaches "
-            "none of its thread-local variables with the initial-exec model, so where its "
-            "block lies is not known (katana does not patch __tls_get_addr accesses)",
-            hint="declare the library's thread-local variables "
-                 "__attribute__((tls_model(\"initial-exec\"))) (or build it with "
-                 "-ftls-model=initial-exec)")
+            f"the patch reaches the thread-local variable {name} of {self.name} with the "
+            "initial-exec model, but the library's own code never does (it calls "
+            "__tls_get_addr), so its block may have no fixed place",
+            hint="reach it in the new code as the old code does: declare it "
+                 "__attribute__((tls_model(\"initial-exec\"))) in both releases, or in neither")
+
+    def tls_index(self, pid: int, tls_value: int, name: str) -> tuple[int, int]:
+        """(module id, offset in the block) of the library's thread-local variable, what
+        __tls_get_addr takes."""
+        module = self.tls_block(pid)[0]
+        if module is not None:
+            return module, tls_value
+        raise ApplyError(
+            f"the patch reaches the thread-local variable {name} of {self.name} through "
+            "__tls_get_addr, but the library's own code never does (it uses initial-exec), "
+            "so its module id is not known",
+            hint="reach it in the new code as the old code does: declare it "
+                 "__attribute__((tls_model(\"initial-exec\"))) in both releases, or in neither")
 
 
 def _is_exec(path: str) -> bool:

@@ -18,9 +18,11 @@ from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, read_dynami
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.elf.relocs import (
     R_X86_64_64,
+    R_X86_64_DTPOFF32,
     R_X86_64_NONE,
     R_X86_64_PC32,
     R_X86_64_PLT32,
+    TLS_INDEX,
     field_size,
 )
 from katana.elf.symtab import STT_TLS
@@ -75,6 +77,9 @@ class Plan:
     # (katana_stacks, katana_nstacks): where the program declares its coroutine stacks
     declared_stacks: tuple[int, int] | None = None
     audit: Audit | None = None  # who applies it, kept in the record
+    # a library's thread-local variables the patch uses (PO symbol -> (module id, offset in
+    # its block) where reached through __tls_get_addr): resolved afresh by every patch
+    library_tls: dict[int, tuple[int, int] | None] = field(default_factory=dict)
 
 
 _PO_CACHE: dict[tuple[str, int, int], tuple[PatchObject, str]] = {}
@@ -153,6 +158,10 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
     for i, sym in enumerate(plan.po.symbols):
         if sym.section is not None:
             continue
+        tls = _library_tls(plan, i, sym)
+        if tls is not None:
+            plan.externals[i] = tls
+            continue
         address = _lookup_existing(plan, sym.name, sym.file if sym.local else None, sym.entry)
         if address is not None:
             plan.externals[i] = address
@@ -175,6 +184,24 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
                     hint="use it in the program first, or reach it through a function")
             plan.far.add(i)
     return libs
+
+
+def _library_tls(plan: Plan, index: int, sym: Symbol) -> int | None:
+    """For a library's patch, what the loader needs of one of its thread-local variables:
+    its offset from the thread pointer for initial-exec code (a GOTTPOFF slot), its tls_index
+    for code that calls __tls_get_addr (TLSGD, TLSLD, DTPOFF32). None: not one of them."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return None
+    found = plan.exe.lookup(sym.name, sym.file if sym.local else None)
+    if found is None or found.type != STT_TLS:
+        return None
+    types = {r.type for sec in plan.po.sections for r in sec.relocs if r.symbol == index}
+    plan.library_tls[index] = None
+    if types & (TLS_INDEX | {R_X86_64_DTPOFF32}):
+        plan.library_tls[index] = plan.obj.tls_index(plan.pid, found.value, sym.name)
+    if types - TLS_INDEX - {R_X86_64_DTPOFF32}:
+        return plan.obj.tp_offset(plan.pid, found.value, sym.name)
+    return 0  # reached through __tls_get_addr only: it has no one address
 
 
 def _exported(symbols, name: str):
@@ -335,7 +362,7 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
             rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
                 new_address(plan, base, i)
         elif sym.section is None and i in plan.externals and i not in plan.far \
-                and not sym.entry:
+                and not sym.entry and i not in plan.library_tls:
             # library symbols are looked up afresh by the next patch (they need a stub)
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]

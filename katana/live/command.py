@@ -37,9 +37,27 @@ def _all_pids(program: str, build_id: str) -> list[int]:
     return sorted(found)
 
 
+def _library_pids(names: set[str]) -> list[int]:
+    """Every process we can see that maps a library of one of these file names (or
+    sonames), whichever program it runs; apply skips those that map another build."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            text = procfs.maps_text(int(entry))
+        except KatanaError:
+            continue  # exited, or not ours to read
+        if any(line.rsplit("/", 1)[-1] in names for line in text.splitlines() if "/" in line):
+            found.append(int(entry))
+    return sorted(found)
+
+
 def _targets(patch: Path, pids: list[str]) -> list[int]:
     if pids == ["all"]:
         po = load_po(patch)
+        if po.meta.kind == "library":  # every process that maps it, whatever it runs
+            return _library_pids({Path(po.meta.program).name, po.meta.soname or ""} - {""})
         return _all_pids(po.meta.program, po.meta.from_build_id)
     try:
         return list(dict.fromkeys(int(p) for p in pids))  # each once, in the order given
@@ -59,7 +77,7 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         raise
     targets = _targets(patch, pids)
     if not targets:
-        raise TargetError("no running process runs the patch's program",
+        raise TargetError("no running process runs the patch's program (or maps its library)",
                           hint="check with ps, or give the process ids")
     if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
         result = apply_patch(patch, targets[0], config, leave_stopped,

@@ -108,8 +108,10 @@ def _refuse(po: PatchObject, sha: str, pid: int, records: list[Record], running:
     label = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
         procfs.exe_path(pid)
     if had is not None or running == m.to_build_id:
-        now = "" if running == m.to_build_id else f", and runs {label} now"
-        what = "already has this patch" if had is not None else "already runs its build"
+        now = f", build-id {running[:12]}" if running == m.to_build_id else \
+            f", and runs {label} now"
+        what = "already has this patch" if had is not None else \
+            "already runs the build this patch leads to"
         error = AlreadyAppliedError if running == m.to_build_id else MismatchError
         raise error(f"process {pid} {what} ({m.program} {m.from_label} -> {m.to_label})"
                     f"{now}", hint="katana status shows what a process has applied")

@@ -68,6 +68,9 @@ def _agree(po: Path, pid: int, code: int, words: str, *conf: str) -> dict:
     assert code_snapshot(pid) == before and _tracer(pid) == 0
     applied, adoc = _json(*conf, "apply", "--json", str(po), str(pid))
     assert applied == code and words in _reason(adoc), adoc
+    if doc["results"]:
+        assert doc["results"][0]["result"] == adoc["results"][0]["result"]
+        assert doc["results"][0].get("busy") == adoc["results"][0].get("busy")
     return doc
 
 

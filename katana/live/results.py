@@ -11,7 +11,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from katana.errors import AlreadyAppliedError, KatanaError, MismatchError, TargetError
+from katana.errors import (
+    AlreadyAppliedError,
+    BusyError,
+    KatanaError,
+    MismatchError,
+    TargetError,
+)
 from katana.target import procfs
 
 ORDER = ("applied", "ready", "reverted", "unchanged", "skipped", "failed", "exited")
@@ -57,7 +63,8 @@ def outcome_of(pid: int, error: BaseException) -> Outcome | None:
         result = "skipped"
     else:
         result = "failed"
-    return Outcome(pid, result, error.exit_code, error.message, error=error)
+    extra = {"busy": list(error.busy)} if isinstance(error, BusyError) else {}
+    return Outcome(pid, result, error.exit_code, error.message, extra, error)
 
 
 def attempt(pid: int, work: Callable[[], Outcome]) -> Outcome:

@@ -67,6 +67,25 @@ def test_loaded_before_default_the_tool_cannot_do_its_job(tmp_path):
     assert buildflags.LIVE_PATCHING in compile_args(katana_env(), tmp_path, "y")
 
 
+@pytest.mark.scons
+def test_loaded_first_the_tool_still_completes_the_command_lines(tmp_path):
+    # what docs/scons-tool.md says of tools=['katana', 'default'] in a real SConstruct: the
+    # environment lacks the link flags until a target is declared; the command lines do not
+    (tmp_path / "m.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "SConstruct").write_text(
+        "import katana.build.scons_tool\n"
+        "env = Environment(tools=['katana', 'default'],\n"
+        "                  toolpath=[katana.build.scons_tool.TOOLPATH])\n"
+        "print('LINKFLAGS=' + env.subst('$LINKFLAGS'))\n"
+        "env.Program('m', ['m.c'])\n")
+    out = ok(scons(tmp_path)).stdout
+    assert "LINKFLAGS=\n" in out
+    compile_line = next(line for line in out.splitlines() if " -c " in line)
+    link_line = next(line for line in out.splitlines() if line.startswith("gcc -o m "))
+    assert buildflags.LIVE_PATCHING in compile_line.split()
+    assert {"-Wl,--emit-relocs", "-Wl,--build-id=sha1"} <= set(link_line.split())
+
+
 def test_a_users_string_flags_are_not_doubled(tmp_path):
     # Environment(CCFLAGS=...) puts the user's value back after the tools ran: the flags must
     # still arrive, added when the object is declared, and -g not twice

@@ -24,9 +24,9 @@ from katana.elf.relocs import (
     field_size,
 )
 from katana.elf.symtab import STT_TLS
-from katana.errors import ApplyError, MismatchError
+from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
-from katana.live.record import Audit, Record, Site, key, read_records
+from katana.live.record import Audit, Record, Site, effective_build_id, key, read_records
 from katana.po.model import PatchObject, Symbol, VariablePatch
 from katana.po.reader import read_po, read_po_bytes
 from katana.target import procfs
@@ -89,24 +89,42 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
 
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
-    """The PO and the process belong together: same build, patch not applied yet."""
+    """The PO and the process belong together: the process runs the PO's FROM build now."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
     records = read_records(pid)
-    for record in records:
-        if record.po_sha256 == sha:
-            raise MismatchError(f"process {pid} already has this patch ({record.program} "
-                                f"{record.from_label} -> {record.to_label})",
-                                hint="katana status shows what a process has applied")
-    running = records[-1].to_build_id if records else read_build_id(f"/proc/{pid}/exe")
+    exe_id = read_build_id(f"/proc/{pid}/exe")
+    # what counts is the build the process runs now, so that v0 -> v1, v1 -> v2, v2 -> v1 can
+    # be followed by v1 -> v2 again
+    running = effective_build_id(records, exe_id)
     if po.meta.from_build_id != running:
-        what = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
-            procfs.exe_path(pid)
-        raise MismatchError(
-            f"process {pid} runs build-id {running} ({what}), but the patch is for "
-            f"{po.meta.program} {po.meta.from_label}, build-id {po.meta.from_build_id}",
-            hint="make the patch from the release this process runs (katana status shows it)")
+        _refuse(po, sha, pid, records, running)
     return po, sha, records
+
+
+def _refuse(po: PatchObject, sha: str, pid: int, records: list[Record], running: str) -> None:
+    m = po.meta
+    had = next((r for r in reversed(records) if r.po_sha256 == sha), None)
+    label = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
+        procfs.exe_path(pid)
+    if had is not None or running == m.to_build_id:
+        now = f", build-id {running[:12]}" if running == m.to_build_id else \
+            f", and runs {label} now"
+        what = "already has this patch" if had is not None else \
+            "already runs the build this patch leads to"
+        error = AlreadyAppliedError if running == m.to_build_id else MismatchError
+        raise error(f"process {pid} {what} ({m.program} {m.from_label} -> {m.to_label})"
+                    f"{now}", hint="katana status shows what a process has applied")
+    program = records[-1].program if records else Path(procfs.exe_path(pid)).name
+    if Path(program).name != Path(m.program).name:
+        raise MismatchError(f"process {pid} runs another program ({program}, build-id "
+                            f"{running}); the patch is for {m.program}",
+                            hint=f"katana ps --program {Path(m.program).name} lists its "
+                                 "processes")
+    raise MismatchError(
+        f"process {pid} runs build-id {running} ({label}), but the patch is for "
+        f"{m.program} {m.from_label}, build-id {m.from_build_id}",
+        hint="make the patch from the release this process runs (katana status shows it)")
 
 
 def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = False) -> int | None:

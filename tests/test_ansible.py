@@ -106,7 +106,7 @@ def patch_task(name: str, **args) -> str:
             f"    - ansible.builtin.copy:\n"
             f"        content: \"{{{{ {name} | to_json }}}}\"\n"
             f"        dest: \"{{{{ out }}}}/{name}.json\"\n"
-            "      check_mode: false\n")
+            "      check_mode: false\n      changed_when: false\n")
 
 
 def file_code(pid: int) -> tuple[int, bytes]:
@@ -141,7 +141,8 @@ def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
               "        katana: \"{{ katana }}\"\n"
               "    - ansible.builtin.copy:\n"
               "        content: \"{{ katana_processes | to_json }}\"\n"
-              "        dest: \"{{ out }}/facts.json\"\n")
+              "        dest: \"{{ out }}/facts.json\"\n"
+              "      changed_when: false\n")
     run, (_, changed, failed), saved = playbook(tmp_path, tasks)
     assert (changed, failed) == (0, 0), run.stdout
     assert saved["first"]["copied"] is False
@@ -191,7 +192,7 @@ def test_a_po_for_another_build_fails_the_host(needs_json, project, server, tmp_
     assert fatal, run.stdout
     result = json.loads(fatal.group(1))
     assert result["msg"].startswith("katana: ") and "build-id" in result["msg"], result["msg"]
-    assert [(r["pid"], r["result"]) for r in result["results"]] == [(live.pid, "failed")]
+    assert [(r["pid"], r["code"]) for r in result["results"]] == [(live.pid, 9)]
     assert live.alive() and ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
 
 

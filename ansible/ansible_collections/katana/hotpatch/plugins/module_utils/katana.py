@@ -82,7 +82,8 @@ class Katana:
             parts.append(error.get("message", ""))
             if error.get("hint"):
                 parts.append("hint: " + error["hint"])
-        parts += [f"{r.get('pid')}: {r.get('message')}" for r in failures]
+        parts += [f"{r.get('pid')}: {r.get('message')}" for r in failures
+                  if r.get("message") not in parts]
         msg = "katana: " + "; ".join(p for p in parts if p)
         if not parts:
             msg += f"exit code {data.get('exit_code')}"

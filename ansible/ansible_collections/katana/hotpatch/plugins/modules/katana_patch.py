@@ -181,6 +181,8 @@ from ansible_collections.katana.hotpatch.plugins.module_utils.katana import Kata
 
 # results that mean the process is (or, in check mode, would be) changed
 CHANGES = {"applied", "ready", "reverted"}
+# results that are no failure of the host
+OK = CHANGES | {"unchanged", "exited"}
 
 
 def sha256(path):
@@ -328,14 +330,18 @@ def main():
         data = revert(katana, module, po)
         cmds = data["cmd"]
     results = data.get("results", [])
-    failures = [r for r in results if r.get("result") == "failed"]
+    # katana's exit code is no guide (a PID already patched is "unchanged" with code 9): the
+    # results are. A process named by PID that runs another build is "skipped", and a failure
+    # here; with all, "skipped" is the other builds', as "exited" is counted, never a failure.
+    fine = OK | ({"skipped"} if p["target"] == ["all"] else set())
+    failures = [r for r in results if r.get("result") not in fine]
     changed = copied or any(r.get("result") in CHANGES for r in results)
     out = dict(results=results, patch=p["patch"] or po, copied=copied, cmd=cmds,
                po_sha256=data.get("po_sha256") or sha256(po))
     for key in ("summary", "object", "from", "to"):
         if key in data:
             out[key] = data[key]
-    if failures or data.get("exit_code", 0) != 0:
+    if failures or (data.get("error") and not results):
         katana.fail(data, failures, changed=changed, **out)
     module.exit_json(changed=changed, **out)
 

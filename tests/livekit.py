@@ -26,12 +26,12 @@ LDFLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1", "-pthread"]
 
 
 def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
-                  cflags: tuple[str, ...] = ()) -> Path:
+                  cflags: tuple[str, ...] = (), libs: tuple[str, ...] = ()) -> Path:
     """Compile every .c of ``src`` into objects under ``out`` and link ``out/program``.
 
     Sources are copied first so that objects of every version are built from the same path
     (as the SCons tool arranges with -ffile-prefix-map). ``cflags`` are added to every compile
-    (a -D, or an -O3 flag a scenario needs)."""
+    (a -D, or an -O3 flag a scenario needs); ``libs`` to the link (``-lm``)."""
     out.mkdir(parents=True, exist_ok=True)
     pic = ["-fPIE"] if pie else ["-fno-pie"]
     objects = []
@@ -44,7 +44,7 @@ def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
         subprocess.run(["gcc", *CFLAGS, *cflags, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
                         "-o", obj.name], cwd=out, check=True)
         objects.append(obj.name)
-    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, "-o", program],
+    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, *libs, "-o", program],
                    cwd=out, check=True)
     return out / program
 

@@ -373,6 +373,11 @@ def _declare_patches(env, old_version: str, new_version: str, sign_key: str | No
             print(f"katana: {program} is in release {old_version} but not in {new_version}: "
                   "no patch for it", file=sys.stderr)
             continue
+        if old.build_id(program) == new.build_id(program):
+            # one tree built twice: a program the change did not touch links to the same bytes
+            print(f"katana: {program} {old_version} -> {new_version}: the same build, "
+                  "no patch for it")
+            continue
         sources = [old.root / MANIFEST, new.root / MANIFEST]
         for snapshot in (old, new):
             sources += [snapshot.executable(program), *snapshot.objects(program)]

@@ -141,7 +141,8 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
         proc.seize()
         fault_point("seized")
         commit.stage()
-        proc.maps()  # read now; the stop reuses it (Process.maps)
+        # read now, and the CFI of what was mapped meanwhile: the stop reuses both
+        checker.cfi.refresh(proc.maps())
         plan.timings["stage"] = time.monotonic() - started
         check_interrupts()
         started = time.monotonic()

@@ -26,7 +26,7 @@ from katana.elf.relocs import (
     field_size,
 )
 from katana.elf.symtab import STT_TLS
-from katana.errors import ApplyError, MismatchError
+from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
 from katana.live.objects import PatchedObject, find_object, library_with_build
 from katana.live.record import Audit, Record, Site, key, read_records
@@ -97,25 +97,43 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
 
 
 def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record], PatchedObject]:
-    """The PO and the process belong together: the object it is for runs its FROM build (the
-    program, or a library the process maps), and the patch is not applied yet."""
+    """The PO and the process belong together: the object it is for (the program, or a library
+    the process maps) runs the PO's FROM build now."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
     records = read_records(pid)
-    for record in records:
-        if record.po_sha256 == sha:
-            raise MismatchError(f"process {pid} already has this patch ({record.program} "
-                                f"{record.from_label} -> {record.to_label})",
-                                hint="katana status shows what a process has applied")
     obj = find_object(pid, po.meta, records)
-    running = obj.effective_build_id
-    if po.meta.from_build_id != running:
-        what = "its library" if obj.kind == "library" else "process"
-        raise MismatchError(
-            f"{what} {obj.name} in process {pid} runs build-id {running} ({obj.describe()}), "
-            f"but the patch is for {po.meta.program} {po.meta.from_label}, build-id "
-            f"{po.meta.from_build_id}", hint=_mismatch_hint(pid, po, obj))
+    # what counts is the build the object runs now, so that v0 -> v1, v1 -> v2, v2 -> v1 can
+    # be followed by v1 -> v2 again
+    if po.meta.from_build_id != obj.effective_build_id:
+        _refuse(po, sha, pid, obj)
     return po, sha, records, obj
+
+
+def _refuse(po: PatchObject, sha: str, pid: int, obj: PatchedObject) -> None:
+    m, running, mine = po.meta, obj.effective_build_id, obj.records
+    had = next((r for r in reversed(mine) if r.po_sha256 == sha), None)
+    if had is not None or running == m.to_build_id:
+        now = f", build-id {running[:12]}" if running == m.to_build_id else \
+            f", and runs {obj.describe()} now"
+        what = "already has this patch" if had is not None else \
+            "already runs the build this patch leads to"
+        error = AlreadyAppliedError if running == m.to_build_id else MismatchError
+        raise error(f"process {pid} {what} ({m.program} {m.from_label} -> {m.to_label})"
+                    f"{now}", hint="katana status shows what a process has applied")
+    if obj.kind == "program":
+        program = mine[-1].program if mine else Path(procfs.exe_path(pid)).name
+        if Path(program).name != Path(m.program).name and \
+                library_with_build(pid, m.from_build_id) is None:
+            raise MismatchError(f"process {pid} runs another program ({program}, build-id "
+                                f"{running}); the patch is for {m.program}",
+                                hint=f"katana ps --program {Path(m.program).name} lists its "
+                                     "processes")
+    what = "its library" if obj.kind == "library" else "process"
+    raise MismatchError(
+        f"{what} {obj.name} in process {pid} runs build-id {running} ({obj.describe()}), "
+        f"but the patch is for {m.program} {m.from_label}, build-id {m.from_build_id}",
+        hint=_mismatch_hint(pid, po, obj))
 
 
 def _mismatch_hint(pid: int, po: PatchObject, obj: PatchedObject) -> str:

@@ -137,6 +137,12 @@ class Record:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
 
 
+def effective_build_id(records: list[Record], own: str) -> str:
+    """The build an object behaves as now: the TO of its newest live patch, else ``own`` (the
+    build-id of its file)."""
+    return records[-1].to_build_id if records else own
+
+
 def _switched_on(mem, record: Record, later: list[Record]) -> bool:
     """Whether the patch took effect: the record is written before the jumps (commit.py), so
     a katana killed in between leaves a record none of whose sites holds its new bytes. A

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from katana.elf.buildid import read_build_id
@@ -33,7 +32,8 @@ def _reverted_text(r: Record) -> str:
     return f"  reverted: {r.program} {r.from_label} -> {r.to_label} {who}"
 
 
-def status_command(pid: int, as_json: bool = False) -> int:
+def status_command(pid: int, report=None) -> int:
+    """Print the patches of ``pid`` (or fill ``report``, for --json: docs/json.md)."""
     records = read_records(pid)
     reverted = sorted(read_records(pid, magic=REVERTED_MAGIC),
                       key=lambda r: r.reverted.time if r.reverted else "")
@@ -41,8 +41,8 @@ def status_command(pid: int, as_json: bool = False) -> int:
         exe_id = read_build_id(f"/proc/{pid}/exe")
     except OSError as e:
         raise TargetError(f"cannot read /proc/{pid}/exe: {e.strerror}") from e
-    if as_json:
-        print(json.dumps({"pid": pid, "build_id": exe_id, "patches": [
+    if report is not None:
+        report.update(**{"pid": pid, "build_id": exe_id, "patches": [
             {"program": r.program, "kind": r.kind, "soname": r.soname,
              "from": r.from_label, "to": r.to_label,
              "from_build_id": r.from_build_id, "to_build_id": r.to_build_id,
@@ -53,7 +53,7 @@ def status_command(pid: int, as_json: bool = False) -> int:
             {"program": r.program, "from": r.from_label, "to": r.to_label,
              "po_sha256": r.po_sha256, "audit": _audit_json(r.audit),
              "reverted_by": _audit_json(r.reverted)}
-            for r in reverted]}, indent=2))
+            for r in reverted]})
         return 0
     print(f"process {pid}: executable build-id {exe_id}")
     for r in reverted:  # history first: what is applied now ends the report

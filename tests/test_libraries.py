@@ -92,7 +92,7 @@ def apply(po: Path, *pids: int | str) -> subprocess.CompletedProcess:
 def assert_state_kept(lines: list[dict]) -> None:
     """The library's statics and its thread-local counter went on from where v0 left them."""
     for f in lines:
-        assert f["calls"] == f["tls"] == f["hits"] == f["tick"], f
+        assert f["calls"] == f["tls"] == f["hits"] == f["direct"] == f["tick"], f
         assert f["total"] == f["tick"] * (f["tick"] + 1) // 2, f
 
 
@@ -237,6 +237,30 @@ def test_a_library_po_that_does_not_say_so_gets_a_hint_that_leads_there(project,
     assert f"the patch is for the library {p.root / 'v0' / 'libkv.so'} that this process " \
         "maps" in refused.stderr.replace("\n", " ")
     assert "katana generate OLD NEW LIBRARY" in refused.stderr
+
+
+def test_a_library_global_the_program_copied(tmp_path, procs):
+    """The program reads kv_stats itself: the linker gave it a copy, and the dynamic linker
+    bound the library's GOT slot to that copy. The patch's code must use the same one; a
+    change of its layout cannot be made by the library's patch, and is refused."""
+    for v in ("v0", "v1", "v3"):
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v, pie=False,
+                              cflags=("-DDIRECT_STATS",))
+    pos = {}
+    for to in ("v1", "v3"):
+        pos[to] = tmp_path / f"{to}.po"
+        katana("generate", "-o", str(pos[to]), str(tmp_path / "v0"), str(tmp_path / to),
+               "libkv.so", check=True)
+    live = procs(tmp_path / "v0" / "prog")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    refused = katana("apply", str(pos["v3"]), str(live.pid))
+    assert refused.returncode == 11, refused.stderr
+    assert "variable kv_stats of libkv.so lives in the program" in refused.stderr
+    apply(pos["v1"], live.pid)
+    after = lines_after(live)
+    for f in after:  # the new kv_compute counts in the program's copy, which everyone reads
+        assert f["value"] == 3 * f["tick"], f
+    assert_state_kept(after)
 
 
 @pytest.mark.parametrize("model", ["global-dynamic", "local-dynamic"])

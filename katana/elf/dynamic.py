@@ -7,6 +7,8 @@ interpreter (PT_INTERP). Read with ``struct`` (katana.elf.headers), as apply rea
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,16 @@ def _string(table: bytes, offset: int) -> str:
 
 
 def read_dynamic(path: str | Path) -> DynamicInfo:
-    """The dynamic facts of the ELF file at ``path``."""
+    """The dynamic facts of the ELF file at ``path`` (read once per file and version)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read its dynamic section ({e.strerror})") from e
+    return _read_dynamic(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_dynamic(path: str, _dev: int, _ino: int, _mtime: int, _size: int) -> DynamicInfo:
     try:
         with open(path, "rb") as f:
             headers = read_headers(f)

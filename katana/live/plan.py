@@ -25,7 +25,7 @@ from katana.elf.relocs import (
     TLS_INDEX,
     field_size,
 )
-from katana.elf.symtab import STT_TLS
+from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
 from katana.live.objects import PatchedObject, find_object, library_with_build
@@ -160,12 +160,30 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
     sym = plan.exe.lookup(name, file)
     if sym is None:
         return None
+    if sym.type == STT_OBJECT and file is None:
+        bound = _bound_variable(plan, name)
+        if bound is not None:
+            return bound
     if sym.type != STT_TLS:
         return sym.value + plan.bias
     # a thread-local variable has no one address: the code reaches it from the thread pointer
     if plan.obj is not None and plan.obj.kind == "library":
         return plan.obj.tp_offset(plan.pid, sym.value, name)
     return plan.exe.tp_offset(sym)
+
+
+def _bound_variable(plan: Plan, name: str) -> int | None:
+    """Where a library's own exported variable lives in the process: what the dynamic linker
+    bound the library's GOT slot to. It is the program's copy when the program refers to the
+    variable (a copy relocation), and the library's code uses that one; None: no slot."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return None
+    for r in read_dynamic(plan.exe.path).relocs:
+        if r.type == R_X86_64_GLOB_DAT and r.symbol == name:
+            with open(f"/proc/{plan.pid}/mem", "rb") as mem:
+                mem.seek(r.offset + plan.bias)
+                return int.from_bytes(mem.read(8), "little") - r.addend
+    return None
 
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
@@ -298,6 +316,14 @@ def _plan_transfers(plan: Plan) -> None:
         if old is None:
             raise ApplyError(f"variable {name} is not in the running program")
         in_exe = plan.exe.lookup(name, file)
+        if plan.obj is not None and plan.obj.kind == "library" and in_exe is not None and \
+                in_exe.value + plan.bias != old:
+            raise ApplyError(
+                f"variable {name} of {plan.obj.name} lives in the program (its copy "
+                "relocation), whose references to it a library's patch cannot re-aim: its "
+                "layout cannot change this way",
+                hint="keep the variable's type, or reach it only through functions of the "
+                     "library (then the program has no copy)")
         refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
                 references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
             if in_exe is not None and in_exe.value + plan.bias == old else []

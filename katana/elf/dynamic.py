@@ -44,7 +44,6 @@ class DynamicReloc:
 class DynamicInfo:
     library: bool  # ET_DYN without an interpreter: a shared library, not a PIE program
     soname: str | None
-    relocs: tuple[DynamicReloc, ...]
 
 
 def _string(table: bytes, offset: int) -> str:
@@ -52,13 +51,23 @@ def _string(table: bytes, offset: int) -> str:
     return table[offset:end if end >= 0 else len(table)].decode(errors="replace")
 
 
-def read_dynamic(path: str | Path) -> DynamicInfo:
-    """The dynamic facts of the ELF file at ``path`` (read once per file and version)."""
+def _identity(path: str | Path) -> tuple[str, int, int, int, int]:
     try:
         st = os.stat(path)
     except OSError as e:
         raise FormatError(f"{path}: cannot read its dynamic section ({e.strerror})") from e
-    return _read_dynamic(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_dynamic(path: str | Path) -> DynamicInfo:
+    """Whether the ELF file at ``path`` is a shared library, and its soname (a few reads)."""
+    return _read_dynamic(*_identity(path))
+
+
+def dynamic_relocs(path: str | Path) -> tuple[DynamicReloc, ...]:
+    """The relocations of ``.rela.dyn`` (read once per file and version: a big library has
+    tens of thousands, so only the library a patch is for is read)."""
+    return _dynamic_relocs(*_identity(path))
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,10 +88,19 @@ def _read_dynamic(path: str, _dev: int, _ino: int, _mtime: int, _size: int) -> D
                         break
                     if tag == DT_SONAME:
                         soname = _string(strtab, value)
-            relocs = _relocs(f, headers)
     except (OSError, ValueError, struct.error) as e:
         raise FormatError(f"{path}: cannot read its dynamic section ({e})") from e
-    return DynamicInfo(library, soname, tuple(relocs))
+    return DynamicInfo(library, soname)
+
+
+@functools.lru_cache(maxsize=8)
+def _dynamic_relocs(path: str, _dev: int, _ino: int, _mtime: int,
+                    _size: int) -> tuple[DynamicReloc, ...]:
+    try:
+        with open(path, "rb") as f:
+            return tuple(_relocs(f, read_headers(f)))
+    except (OSError, ValueError, struct.error) as e:
+        raise FormatError(f"{path}: cannot read its dynamic relocations ({e})") from e
 
 
 def _relocs(f, headers) -> list[DynamicReloc]:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.elf.dynamic import R_X86_64_DTPMOD64, R_X86_64_TPOFF64, read_dynamic
+from katana.elf.dynamic import (
+    R_X86_64_DTPMOD64,
+    R_X86_64_TPOFF64,
+    dynamic_relocs,
+    read_dynamic,
+)
 from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
 from katana.live.record import Record
 from katana.po.model import Meta
@@ -63,7 +68,7 @@ class PatchedObject:
         if self._tls is None:
             module = tp = None
             with open(f"/proc/{pid}/mem", "rb") as mem:
-                for r in read_dynamic(self.path).relocs:
+                for r in dynamic_relocs(self.path):
                     if r.type not in (R_X86_64_TPOFF64, R_X86_64_DTPMOD64) or \
                             (r.symbol and not r.value):
                         continue  # another module's variable

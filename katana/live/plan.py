@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, read_dynamic
+from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, dynamic_relocs
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.elf.relocs import (
     R_X86_64_64,
@@ -178,7 +178,7 @@ def _bound_variable(plan: Plan, name: str) -> int | None:
     variable (a copy relocation), and the library's code uses that one; None: no slot."""
     if plan.obj is None or plan.obj.kind != "library":
         return None
-    for r in read_dynamic(plan.exe.path).relocs:
+    for r in dynamic_relocs(plan.exe.path):
         if r.type == R_X86_64_GLOB_DAT and r.symbol == name:
             with open(f"/proc/{plan.pid}/mem", "rb") as mem:
                 mem.seek(r.offset + plan.bias)
@@ -343,7 +343,7 @@ def _got_slots(plan: Plan, old: int, size: int) -> list[Reference]:
         return []
     found = []
     with open(f"/proc/{plan.pid}/mem", "rb") as mem:
-        for r in read_dynamic(plan.exe.path).relocs:
+        for r in dynamic_relocs(plan.exe.path):
             if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
                 continue
             target = r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend

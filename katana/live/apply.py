@@ -188,7 +188,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
            f"(after {proc.stops} stop(s))")
     say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
-           f"{len(commit.sites)} place(s) in the program rewritten")
+           f"{len(commit.sites)} place(s) in the {plan.po.meta.kind} rewritten")
     for site in commit.sites:
         say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     return record

@@ -15,11 +15,15 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.elf.dynamic import (
+    R_X86_64_64,
     R_X86_64_DTPMOD64,
+    R_X86_64_GLOB_DAT,
+    R_X86_64_RELATIVE,
     R_X86_64_TPOFF64,
     dynamic_relocs,
     read_dynamic,
 )
+from katana.elf.executable import Reference
 from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
 from katana.live.record import Record
 from katana.po.model import Meta
@@ -54,6 +58,39 @@ class PatchedObject:
         if self.records:
             return f"{self.name} {self.records[-1].to_label} (patched)"
         return f"{self.name} at {self.path}"
+
+    def bound_variable(self, pid: int, name: str) -> int | None:
+        """Where the library's own exported variable ``name`` lives in the process: what the
+        dynamic linker bound the library's GOT slot to. That is the program's copy when the
+        program refers to the variable (a copy relocation), and the library's code uses that
+        one. None: a program, or no slot."""
+        if self.kind != "library":
+            return None
+        for r in dynamic_relocs(self.path):
+            if r.type == R_X86_64_GLOB_DAT and r.symbol == name:
+                return _read_word(pid, r.offset + self.bias) - r.addend
+        return None
+
+    def got_slots(self, pid: int, low: int, size: int) -> list[Reference]:
+        """The library's code reaches its own default-visibility variables through its GOT
+        (they could be interposed), and its data holds their addresses through dynamic
+        relocations: the slots of .rela.dyn that now hold an address in [low, low + size),
+        for state transfer to re-aim. A slot that holds another address (the program's copy
+        of the variable) is left alone."""
+        if self.kind != "library":
+            return []
+        found = []
+        for r in dynamic_relocs(self.path):
+            if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
+                continue
+            target = (r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend) + \
+                self.bias
+            if not (r.value or r.type == R_X86_64_RELATIVE) or not low <= target < low + size:
+                continue
+            if _read_word(pid, r.offset + self.bias) == target:
+                found.append(Reference(r.offset + self.bias, R_X86_64_64, 8, target - low,
+                                       False))
+        return found
 
     def tls_block(self, pid: int) -> tuple[int | None, int | None]:
         """(module id, offset of the block from the thread pointer) of the library's
@@ -106,6 +143,12 @@ class PatchedObject:
             "so its module id is not known",
             hint="reach it in the new code as the old code does: declare it "
                  "__attribute__((tls_model(\"initial-exec\"))) in both releases, or in neither")
+
+
+def _read_word(pid: int, address: int) -> int:
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(address)
+        return int.from_bytes(mem.read(8), "little")
 
 
 def _is_exec(path: str) -> bool:

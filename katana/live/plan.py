@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, dynamic_relocs
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.elf.relocs import (
     R_X86_64_64,
@@ -160,8 +159,8 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
     sym = plan.exe.lookup(name, file)
     if sym is None:
         return None
-    if sym.type == STT_OBJECT and file is None:
-        bound = _bound_variable(plan, name)
+    if sym.type == STT_OBJECT and file is None and plan.obj is not None:
+        bound = plan.obj.bound_variable(plan.pid, name)
         if bound is not None:
             return bound
     if sym.type != STT_TLS:
@@ -170,20 +169,6 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
     if plan.obj is not None and plan.obj.kind == "library":
         return plan.obj.tp_offset(plan.pid, sym.value, name)
     return plan.exe.tp_offset(sym)
-
-
-def _bound_variable(plan: Plan, name: str) -> int | None:
-    """Where a library's own exported variable lives in the process: what the dynamic linker
-    bound the library's GOT slot to. It is the program's copy when the program refers to the
-    variable (a copy relocation), and the library's code uses that one; None: no slot."""
-    if plan.obj is None or plan.obj.kind != "library":
-        return None
-    for r in dynamic_relocs(plan.exe.path):
-        if r.type == R_X86_64_GLOB_DAT and r.symbol == name:
-            with open(f"/proc/{plan.pid}/mem", "rb") as mem:
-                mem.seek(r.offset + plan.bias)
-                return int.from_bytes(mem.read(8), "little") - r.addend
-    return None
 
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
@@ -327,34 +312,11 @@ def _plan_transfers(plan: Plan) -> None:
         refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
                 references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
             if in_exe is not None and in_exe.value + plan.bias == old else []
-        if in_exe is not None and in_exe.value + plan.bias == old:
-            refs += _got_slots(plan, old, v.old_size)
+        if in_exe is not None and in_exe.value + plan.bias == old and plan.obj is not None:
+            refs += plan.obj.got_slots(plan.pid, old, v.old_size)
         for record in plan.records:  # earlier patches' code refers to it too
             refs += [Reference(*site) for site in record.refs.get(key(name, file), [])]
         plan.transfers.append((v, old, refs))
-
-
-def _got_slots(plan: Plan, old: int, size: int) -> list[Reference]:
-    """A library's code reaches its own default-visibility variables through its GOT (they
-    could be interposed), and its data holds their addresses through dynamic relocations:
-    slots of .rela.dyn that now hold an address inside the variable. A slot that holds
-    another address (the program's copy of the variable) is left alone."""
-    if plan.obj is None or plan.obj.kind != "library":
-        return []
-    found = []
-    with open(f"/proc/{plan.pid}/mem", "rb") as mem:
-        for r in dynamic_relocs(plan.exe.path):
-            if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
-                continue
-            target = r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend
-            if not (r.value or r.type == R_X86_64_RELATIVE) or \
-                    not old <= target + plan.bias < old + size:
-                continue
-            mem.seek(r.offset + plan.bias)
-            if int.from_bytes(mem.read(8), "little") == target + plan.bias:
-                found.append(Reference(r.offset + plan.bias, R_X86_64_64, 8,
-                                       target + plan.bias - old, False))
-    return found
 
 
 def _plan_declared_stacks(plan: Plan) -> None:

@@ -134,6 +134,14 @@ def test_library_and_program_both_change(project, procs, pie, order):
     status = katana("status", str(live.pid), check=True).stdout
     assert re.search(r"program prog:\n.*prog v0 -> v1.*\n(.*\n)*    running: v1", status)
     assert re.search(r"library libkv.so, soname libkv.so:\n.*libkv.so v0 -> v1", status)
+    # revert PID PATCH: the library's patch goes, whether or not it is the newest of the
+    # process; the program keeps its own
+    out = katana("revert", str(live.pid), str(pos[0]), check=True).stdout
+    assert "reverted libkv.so v1 -> v0" in out
+    after = lines_after(live)
+    for f in after:
+        assert f["value"] == 2 * f["tick"] and f["tag"] == "v1", f
+    assert_state_kept(after)
 
 
 def test_all_means_every_process_that_maps_the_library(project, procs):

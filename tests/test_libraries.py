@@ -75,10 +75,10 @@ def fields(line: str) -> dict[str, int | str]:
     return {k: (v if v.startswith("v") else int(v)) for k, v in found.items()}
 
 
-def lines_after(live: Live, count: int = 4) -> list[dict]:
-    """``count`` lines all printed by the code now in place: the line being computed while
-    katana ran may still be the old code's, so it is skipped."""
-    start = live.mark() + 1
+def lines_after(live: Live, count: int = 4, threads: int = 1) -> list[dict]:
+    """``count`` lines all printed by the code now in place: the line each thread was
+    computing while katana ran may still be the old code's, so as many are skipped."""
+    start = live.mark() + threads
     live.wait_for(r".", after=start + count - 1, timeout=TIMEOUT)
     return [fields(x) for x in live.lines[start:start + count]]
 
@@ -271,10 +271,12 @@ def test_a_library_global_the_program_copied(tmp_path, procs):
     assert_state_kept(after)
 
 
-@pytest.mark.parametrize("model", ["global-dynamic", "local-dynamic"])
-def test_thread_local_through_tls_get_addr(tmp_path, procs, model):
-    """The -fPIC default: the library's code asks __tls_get_addr for its variable; the patch
-    does the same, with a tls_index of its own holding the library's module id."""
+@pytest.mark.parametrize("model", ["initial-exec", "global-dynamic", "local-dynamic"])
+def test_thread_local_variable_of_the_library(tmp_path, procs, model):
+    """The -fPIC default is for the library's code to ask __tls_get_addr for its variable:
+    the patch does the same, with a tls_index of its own holding the library's module id;
+    with initial-exec it reaches it at the block's fixed offset from the thread pointer.
+    Each of three threads counts in its own copy, before the patch and after."""
     for v in ("v0", "v1"):
         build_library_version(SCENARIOS / "library" / v, tmp_path / v,
                               cflags=(f'-DKV_TLS_MODEL="{model}"',))
@@ -282,12 +284,20 @@ def test_thread_local_through_tls_get_addr(tmp_path, procs, model):
     katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "libkv.so",
            check=True)
     live = procs(tmp_path / "v0" / "prog")
+    threads = procs(tmp_path / "v0" / "threads")
     live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    threads.wait_for(r"^thread 2 tick 3 ", timeout=TIMEOUT)
     apply(po, live.pid)
+    apply(po, threads.pid)
     after = lines_after(live)
     for f in after:
         assert f["value"] == 3 * f["tick"], f
     assert_state_kept(after)  # tls == calls: the patch counts in the same thread's variable
+    seen = set()
+    for f in lines_after(threads, 12, threads=3):
+        assert f["value"] == 3 * f["tick"] and f["tls"] == f["tick"], f
+        seen.add(f["thread"])
+    assert seen == {0, 1, 2}
 
 
 def test_thread_local_through_a_tls_descriptor_is_refused_at_generation(tmp_path):

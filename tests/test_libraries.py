@@ -3,11 +3,10 @@
 libkv.so holds the logic and its state (a static counter, a thread-local counter reached with
 the initial-exec model, or through __tls_get_addr when built so, a global struct); ``prog``
 links it and prints one line per tick, ``other`` is a second program linking it, ``plugin``
-dlopen()s it. The versions: v1 changes the
-library (value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the
-library's struct by a field in the middle (5 x). Every line keeps invariants: calls and the
-thread-local count equal the tick, total is the sum of ticks: state lost shows as a break.
-"""
+dlopen()s it, ``threads`` calls it from three threads. The versions: v1 changes the library
+(value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the library's
+struct by a field in the middle (5 x). Every line keeps invariants: calls and the thread-local
+count equal the tick, total is the sum of ticks: state lost shows as a break."""
 
 import json
 import os

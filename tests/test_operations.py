@@ -100,7 +100,8 @@ def test_check_and_apply_agree(built, tmp_path):
         ok, doc = _json("check", "--json", str(built["forward"]), str(live.pid))
         assert ok == 0 and doc["results"][0]["result"] == "ready", doc
         assert doc["results"][0]["busy"] == [] and doc["from"] == "v0" and doc["to"] == "v1"
-        assert doc["summary"] == {"ready": 1, "skipped": 0, "failed": 0, "total": 1}
+        assert doc["summary"] == {"ready": 1, "unchanged": 0, "skipped": 0, "failed": 0,
+                                  "exited": 0, "total": 1}
         katana("apply", str(built["forward"]), str(live.pid), check=True)
         tick, value = _result(live)
         assert value == tick * 1000
@@ -196,8 +197,8 @@ def test_all_counts_a_process_that_exits_meanwhile(tmp_path):
         doc = json.loads(out)
         results = {r["pid"]: r["result"] for r in doc["results"]}
         assert results == {first.pid: "applied", victim.pid: "exited", last.pid: "applied"}
-        assert doc["summary"] == {"applied": 2, "skipped": 0, "failed": 0, "exited": 1,
-                                  "total": 3}
+        assert doc["summary"] == {"applied": 2, "unchanged": 0, "skipped": 0, "failed": 0,
+                                  "exited": 1, "total": 3}
         tick, value = _result(last)
         assert value == tick * 1000
         tick, value = _result(outside)

@@ -205,6 +205,12 @@ def test_all_counts_a_process_that_exits_meanwhile(tmp_path):
         assert value == tick * 2  # another file: left alone
         logged = os.read(reader, 65536).decode()
         assert f"apply pid={first.pid}" in logged and f"apply pid={last.pid}" in logged
+        # check all, once they run v1: nothing to do (not a failure), the copy left out
+        code, doc = _json("check", "--json", str(po), "all", "--exe", str(trees["v0"]))
+        assert code == 0 and {r["pid"]: r["result"] for r in doc["results"]} == \
+            {first.pid: "unchanged", last.pid: "unchanged"}
+        code, doc = _json("check", "--json", str(po), "all", "--exe", str(copy))
+        assert code == 0 and [r["result"] for r in doc["results"]] == ["ready"]
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -49,9 +49,7 @@ def _result(live: Live, after: int | None = None) -> tuple[int, int]:
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     body = build_scenario("body_change", tmp / "body")
-    missing = {"v0": build_version(SCENARIOS / "missing_symbol" / "v0", tmp / "ms" / "v0"),
-               "v1": build_version(SCENARIOS / "missing_symbol" / "v1", tmp / "ms" / "v1",
-                                   libs=("-lm",))}
+    missing = build_scenario("missing_symbol", tmp / "ms")  # v1 links -lm (link-libs)
     busy = build_scenario("busy_forever", tmp / "busy")
     return {"tmp": tmp, "body": body, "forward": _po(body, "v0", "v1", tmp / "body"),
             "backward": _po(body, "v1", "v0", tmp / "body"),

@@ -133,7 +133,8 @@ def test_ps_lists_patched_processes_and_with_program_the_others(built, tmp_path)
             live.wait_for(r"tick 2 ")
         katana("apply", str(po), str(lives[0].pid), check=True)
         _, doc = _json("ps", "--json")
-        mine = {p["pid"]: p for p in doc["processes"] if p["program"] == name}
+        # by the file they run: another run of this test has processes of that name too
+        mine = {p["pid"]: p for p in doc["processes"] if p["exe"] == str(trees["v0"])}
         assert list(mine) == [lives[0].pid], mine  # the unpatched one is not listed
         patched = mine[lives[0].pid]
         assert patched["patched"] and patched["exe"] == str(trees["v0"])
@@ -144,7 +145,7 @@ def test_ps_lists_patched_processes_and_with_program_the_others(built, tmp_path)
         assert [(x["from"], x["to"]) for x in obj["patches"]] == [("v0", "v1")]
         assert obj["patches"][0]["signer"] == "unsigned"
         _, doc = _json("ps", "--json", "--program", name)
-        mine = {p["pid"]: p for p in doc["processes"] if p["program"] == name}
+        mine = {p["pid"]: p for p in doc["processes"] if p["exe"] == str(trees["v0"])}
         assert sorted(mine) == sorted(live.pid for live in lives)
         other = mine[lives[1].pid]
         assert not other["patched"] and other["objects"] == [] and other["build_id"]

@@ -297,3 +297,38 @@ def test_generate_json_says_what_was_written(built, tmp_path):
     code, doc = _json("generate", "--json", "-o", str(out), str(body["v0"].parent),
                       str(body["v0"].parent), "prog")
     assert code == 5 and doc["error"]["kind"] == "generate"
+
+
+def test_library_and_program_objects_in_check_ps_and_revert(tmp_path):
+    """A process with a library patch and then a program patch: ps shows both objects, each
+    with the build it runs; the library's patch, older but of another object, can be reverted
+    by itself (no later patch depends on it), the program keeps its patch."""
+    from livekit import build_library_version
+
+    built = {v: build_library_version(SCENARIOS / "library" / v, tmp_path / v)["prog"]
+             for v in ("v0", "v1")}
+    lib, prog = (_po(built, "v0", "v1", tmp_path, name) for name in ("libkv.so", "prog"))
+    live = Live([str(built["v0"])])
+
+    def value() -> tuple[int, str]:
+        m = live.wait_for(r"tick (\d+) value (\d+) .* tag (v\d)", after=live.mark() + 1)
+        return int(m.group(2)) // int(m.group(1)), m.group(3)
+
+    try:
+        live.wait_for(r"tick 2 ")
+        code, doc = _json("check", "--json", str(lib), str(live.pid))
+        assert code == 0 and doc["kind"] == "library" and doc["object"] == "libkv.so", doc
+        katana("apply", str(lib), str(live.pid), check=True)
+        katana("apply", str(prog), str(live.pid), check=True)
+        assert value() == (3, "v1")
+        _, doc = _json("ps", "--json")
+        (mine,) = [p for p in doc["processes"] if p["pid"] == live.pid]
+        assert [(o["kind"], o["object"], o["effective"]) for o in mine["objects"]] == \
+            [("library", "libkv.so", "v1"), ("program", "prog", "v1")]
+        code, doc = _json("revert", "--json", str(live.pid), str(lib))
+        assert code == 0 and [r["object"] for r in doc["results"]] == ["libkv.so"], doc
+        assert value() == (2, "v1")  # v0's library, v1's program
+        status = json.loads(katana("status", "--json", str(live.pid), check=True).stdout)
+        assert [p["program"] for p in status["patches"]] == ["prog"]
+    finally:
+        live.kill()

@@ -26,13 +26,15 @@ LDFLAGS = ["-Wl,--emit-relocs", "-Wl,--build-id=sha1", "-pthread"]
 
 
 def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
-                  cflags: tuple[str, ...] = (), libs: tuple[str, ...] = ()) -> Path:
+                  cflags: tuple[str, ...] = ()) -> Path:
     """Compile every .c of ``src`` into objects under ``out`` and link ``out/program``.
 
     Sources are copied first so that objects of every version are built from the same path
     (as the SCons tool arranges with -ffile-prefix-map). ``cflags`` are added to every compile
-    (a -D, or an -O3 flag a scenario needs); ``libs`` to the link (``-lm``)."""
+    (a -D, or an -O3 flag a scenario needs). A ``link-libs`` file in ``src`` holds libraries
+    the link needs (``-lm``)."""
     out.mkdir(parents=True, exist_ok=True)
+    libs = (src / "link-libs").read_text().split() if (src / "link-libs").is_file() else []
     pic = ["-fPIE"] if pie else ["-fno-pie"]
     objects = []
     for c in sorted(src.glob("*.c")):

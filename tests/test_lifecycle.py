@@ -90,8 +90,9 @@ def test_revert_refused_while_new_code_is_busy(tmp_path):
 
 
 def test_all_processes_of_one_build(tmp_path):
-    # a program name of its own, so that no other test's processes are candidates
-    name = "katana_allproc"
+    # a program name of its own (this run's too: another suite may run on the same host), so
+    # that no other test's processes are candidates
+    name = f"katana_all{os.getpid()}"
     scenario = Path(__file__).parent / "scenarios"
     trees = {v: build_version(scenario / "body_change" / v, tmp_path / v, program=name)
              for v in ("v0", "v1")}

@@ -103,6 +103,9 @@ def test_only_the_library_changes(project, procs, pie):
     assert (listing["kind"], listing["soname"], listing["program"]) == \
         ("library", "libkv.so", "libkv.so")
     assert [f["name"] for f in listing["functions"]] == ["kv_compute"]
+    # kv_scale, hidden (local in the linked library), stays where it is: found in its .symtab
+    targets = {r["target"] for r in listing["functions"][0]["relocations"]}
+    assert {"kv_scale", "libkv.c:calls", "libkv.c:thread_calls", "kv_stats"} <= targets
     live = procs(p.built["v0"]["prog"])
     live.wait_for(r"^tick 5 ", timeout=TIMEOUT)
     out = apply(po, live.pid).stdout

@@ -12,13 +12,19 @@ struct kv_stats { long hits; long total; };
 /* a global of the library: its own code reaches it through its GOT (it could be interposed) */
 struct kv_stats kv_stats;
 
+/* hidden: local in the linked library, found by the patch in its .symtab */
+__attribute__((noipa, visibility("hidden"))) long kv_scale(long x, long k)
+{
+    return x * k;
+}
+
 long kv_compute(long x)
 {
     calls++;
     thread_calls++;
     kv_stats.hits++;
     kv_stats.total += x;
-    return x * 4;
+    return kv_scale(x, 4);
 }
 
 long kv_calls(void) { return calls; }

@@ -12,6 +12,12 @@ struct kv_stats { long hits; long misses; long total; };
 /* a global of the library: its own code reaches it through its GOT (it could be interposed) */
 struct kv_stats kv_stats;
 
+/* hidden: local in the linked library, found by the patch in its .symtab */
+__attribute__((noipa, visibility("hidden"))) long kv_scale(long x, long k)
+{
+    return x * k;
+}
+
 long kv_compute(long x)
 {
     calls++;
@@ -19,7 +25,7 @@ long kv_compute(long x)
     kv_stats.hits++;
     kv_stats.misses += x % 2;
     kv_stats.total += x;
-    return x * 5;
+    return kv_scale(x, 5);
 }
 
 long kv_calls(void) { return calls; }

@@ -392,3 +392,19 @@ def test_a_library_deleted_since_it_was_loaded_is_found_by_what_is_mapped(projec
     apply(p.po("libkv.so", "v0", "v1"), live.pid)
     for f in lines_after(live, 2):
         assert f["value"] == 3 * f["tick"] and f["calls"] == f["tick"], f
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+def test_a_library_patch_calls_into_the_program(tmp_path, procs, pie):
+    """A plugin's new code calls its host's API, which the old plugin never used: the patch
+    reaches the program's function through a stub (the program lies beyond rel32 reach)."""
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library_host" / v, tmp_path / v, pie=pie)
+    po = tmp_path / "plug.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"),
+           "libplug.so", check=True)
+    live = procs(tmp_path / "v0" / "host")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    apply(po, live.pid)
+    for f in lines_after(live):
+        assert f["value"] == 10 * f["tick"] + 2, f

@@ -158,9 +158,10 @@ class Commit:
     def _resolve_libraries(self) -> None:
         from katana.target.symbols import ProcessSymbols
 
-        if self.plan.far:
+        far = self.plan.far - self.plan.in_program  # the program's are resolved already
+        if far:
             symbols = ProcessSymbols(self.proc)
-            for i in self.plan.far:
+            for i in far:
                 self.plan.externals[i] = symbols.lookup_library(self.plan.po.symbols[i].name)
 
     def _transfer(self) -> None:

@@ -24,7 +24,7 @@ from katana.elf.relocs import (
     TLS_INDEX,
     field_size,
 )
-from katana.elf.symtab import STT_OBJECT, STT_TLS
+from katana.elf.symtab import STT_FUNC, STT_OBJECT, STT_TLS
 from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
 from katana.live.objects import PatchedObject, find_object, library_with_build
@@ -79,6 +79,7 @@ class Plan:
     # a library's thread-local variables the patch uses (PO symbol -> (module id, offset in
     # its block) where reached through __tls_get_addr): resolved afresh by every patch
     library_tls: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+    in_program: set[int] = field(default_factory=set)  # far symbols a library's patch calls
 
 
 _PO_CACHE: dict[tuple[str, int, int], tuple[PatchObject, str]] = {}
@@ -195,6 +196,8 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
         symbols = ProcessSymbols(plan.pid)
         for i, sym in libs:
             exported = _exported(symbols, sym.name)
+            if exported is None and _in_program(plan, symbols, i, sym):
+                continue
             if exported is None:
                 raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
                                  "nor in any library it has loaded")
@@ -205,6 +208,24 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
                     hint="use it in the program first, or reach it through a function")
             plan.far.add(i)
     return libs
+
+
+def _in_program(plan: Plan, symbols, index: int, sym: Symbol) -> bool:
+    """A library's patch that calls the program (a plugin calling its host's API): the
+    function is reached through an absolute-jump stub, as a library's is from a program."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return False
+    found = symbols.executable.find_global(sym.name)
+    if found is None or found.type != STT_FUNC:
+        if found is not None and _pc_relative_uses(plan.po, index):
+            raise ApplyError(f"the patch of {plan.obj.name} reads {sym.name}, a variable of the "
+                             "program, beyond the 32-bit reach of the patch's code",
+                             hint="reach it through a function of the program")
+        return False
+    plan.externals[index] = found.value + symbols.bias
+    plan.far.add(index)
+    plan.in_program.add(index)
+    return True
 
 
 def _library_tls(plan: Plan, index: int, sym: Symbol) -> int | None:

@@ -33,7 +33,11 @@ class Project:
 
     def __init__(self, root: Path, pie: bool) -> None:
         self.root = root
-        self.built = {v: build_library_version(SCENARIOS / "library" / v, root / v, pie=pie)
+        # a build of this run's own: `apply all` takes every process on the host that maps
+        # that build, and another suite may run these tests at the same time
+        salt = (f"-DKV_SALT={os.getpid()}",)
+        self.built = {v: build_library_version(SCENARIOS / "library" / v, root / v, pie=pie,
+                                               cflags=salt)
                       for v in VERSIONS}
         self._pos: dict[tuple[str, str, str], Path] = {}
 

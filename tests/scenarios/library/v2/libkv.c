@@ -1,6 +1,11 @@
 /* v2 of the library: value = 4 * x. Its state is static: what a patch must keep. */
 #include "kv.h"
 
+#ifdef KV_SALT
+/* the tests build each run's library apart from another run's on the same host (apply all) */
+const long kv_salt = KV_SALT;
+#endif
+
 static long calls;
 /* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
 #ifndef KV_TLS_MODEL

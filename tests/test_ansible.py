@@ -218,3 +218,23 @@ def test_the_collection_builds_and_documents_its_modules(tmp_path):
                                             "state", "timeout", "require_signature", "katana"}
     assert patch["examples"] and patch["return"]["results"]
     assert "katana_processes" in str(found["katana.hotpatch.katana_facts"]["return"])
+
+
+def test_the_rollout_of_docs_fleet_md_parses(tmp_path):
+    doc = (REPO / "docs" / "fleet.md").read_text()
+    (rollout,) = re.findall(r"```yaml\n(# rollout.yml.*?)```", doc, re.S)
+    (tmp_path / "rollout.yml").write_text(rollout)
+    (tmp_path / "hosts").write_text("[canary]\nc1\n[kvd]\nc1\nk2\nk3\n")
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
+           "ANSIBLE_HOME": str(tmp_path / "ah"), "ANSIBLE_NOCOLOR": "1"}
+    checked = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts"),
+                              "--syntax-check", "--list-tasks", str(tmp_path / "rollout.yml")],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts"),
+                             "--list-hosts", str(tmp_path / "rollout.yml")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    canary, rest = listed.stdout.split("play #2")
+    assert "c1" in canary and "k2" not in canary
+    assert "k2" in rest and "k3" in rest and "c1" not in rest

@@ -157,11 +157,12 @@ def test_check_mode_changes_nothing(needs_json, project, server, tmp_path):
     live, port = server
     before = code_snapshot(live.pid)
     assert before == file_code(live.pid)
-    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"),
-                       target=[str(live.pid)])
+    # all, narrowed by program (katana ps --program) and exe: this test's server alone
+    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"), target="all",
+                       program="kvd", exe=str(project / "releases/v0/kvd"))
     run, (_, changed, failed), saved = playbook(tmp_path, tasks, "--check")
     assert (changed, failed) == (1, 0), run.stdout  # apply would go ahead
-    assert [r["result"] for r in saved["check"]["results"]] == ["ready"]
+    assert [(r["pid"], r["result"]) for r in saved["check"]["results"]] == [(live.pid, "ready")]
     assert code_snapshot(live.pid) == file_code(live.pid) == before
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
     assert "no katana patches applied" in katana("status", str(live.pid)).stdout

@@ -49,8 +49,8 @@ def exit_code_table() -> str:
 
 
 _QUIET_HELP = ("no progress lines: print only errors, warnings and what the command is asked "
-               "for (what list, status, config and flags show; the summary of generate and of "
-               "'apply ... all')")
+               "for (what list, status, ps, config and flags show; the summary of generate and "
+               "of apply or check over several processes)")
 _VERBOSE_HELP = ("say more: every place rewritten, timings by phase (-vv: debug); overrides the "
                  "configuration's verbosity")
 _CONFIG_HELP = "configuration file read after /etc/katana, ~/.katana, ~/.config/katana, ./.katana"

@@ -84,6 +84,7 @@ class BusyError(KatanaError):
 
     exit_code = 10
     kind = "busy"
+    busy: list[str] = []  # the functions found in use (set where it is raised)
 
 
 class ApplyError(KatanaError):

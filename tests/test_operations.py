@@ -68,6 +68,9 @@ def _agree(po: Path, pid: int, code: int, words: str, *conf: str) -> dict:
     assert code_snapshot(pid) == before and _tracer(pid) == 0
     applied, adoc = _json(*conf, "apply", "--json", str(po), str(pid))
     assert applied == code and words in _reason(adoc), adoc
+    if doc["results"]:
+        assert doc["results"][0]["result"] == adoc["results"][0]["result"]
+        assert doc["results"][0].get("busy") == adoc["results"][0].get("busy")
     return doc
 
 
@@ -97,7 +100,8 @@ def test_check_and_apply_agree(built, tmp_path):
         ok, doc = _json("check", "--json", str(built["forward"]), str(live.pid))
         assert ok == 0 and doc["results"][0]["result"] == "ready", doc
         assert doc["results"][0]["busy"] == [] and doc["from"] == "v0" and doc["to"] == "v1"
-        assert doc["summary"] == {"ready": 1, "skipped": 0, "failed": 0, "total": 1}
+        assert doc["summary"] == {"ready": 1, "unchanged": 0, "skipped": 0, "failed": 0,
+                                  "exited": 0, "total": 1}
         katana("apply", str(built["forward"]), str(live.pid), check=True)
         tick, value = _result(live)
         assert value == tick * 1000
@@ -193,14 +197,20 @@ def test_all_counts_a_process_that_exits_meanwhile(tmp_path):
         doc = json.loads(out)
         results = {r["pid"]: r["result"] for r in doc["results"]}
         assert results == {first.pid: "applied", victim.pid: "exited", last.pid: "applied"}
-        assert doc["summary"] == {"applied": 2, "skipped": 0, "failed": 0, "exited": 1,
-                                  "total": 3}
+        assert doc["summary"] == {"applied": 2, "unchanged": 0, "skipped": 0, "failed": 0,
+                                  "exited": 1, "total": 3}
         tick, value = _result(last)
         assert value == tick * 1000
         tick, value = _result(outside)
         assert value == tick * 2  # another file: left alone
         logged = os.read(reader, 65536).decode()
         assert f"apply pid={first.pid}" in logged and f"apply pid={last.pid}" in logged
+        # check all, once they run v1: nothing to do (not a failure), the copy left out
+        code, doc = _json("check", "--json", str(po), "all", "--exe", str(trees["v0"]))
+        assert code == 0 and {r["pid"]: r["result"] for r in doc["results"]} == \
+            {first.pid: "unchanged", last.pid: "unchanged"}
+        code, doc = _json("check", "--json", str(po), "all", "--exe", str(copy))
+        assert code == 0 and [r["result"] for r in doc["results"]] == ["ready"]
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -25,6 +25,7 @@ from katana.live.targets import EVERY, Selection
 from katana.live.trust import Trust, check_policy
 from katana.target.process import Process, check_interrupts, signals_held
 
+COUNTED = ("ready", "unchanged", "skipped", "failed", "exited")  # docs/json.md
 SHOWN = ("ready", "skipped", "failed")
 
 
@@ -51,7 +52,7 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
     finally:
         if report is not None:
             report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
-            report.update(results=tally.to_json(), summary=tally.summary(SHOWN))
+            report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
             report.failure = tally.failure()
     if single:
         only = tally.outcomes[0]

@@ -16,6 +16,7 @@ from katana.po import load_po
 from katana.target import procfs
 from katana.target.process import raise_interrupt
 
+COUNTED = ("applied", "unchanged", "skipped", "failed", "exited")  # docs/json.md
 SHOWN = ("applied", "skipped", "failed")  # always in the summary line, as before --json
 
 
@@ -87,7 +88,7 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
     finally:
         if report is not None:
             report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
-            report.update(results=tally.to_json(), summary=tally.summary(SHOWN))
+            report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
             report.failure = tally.failure()
     if single:
         only = tally.outcomes[0]

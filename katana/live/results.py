@@ -11,7 +11,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from katana.errors import AlreadyAppliedError, KatanaError, MismatchError, TargetError
+from katana.errors import (
+    AlreadyAppliedError,
+    BusyError,
+    KatanaError,
+    MismatchError,
+    TargetError,
+)
 from katana.target import procfs
 
 ORDER = ("applied", "ready", "reverted", "unchanged", "skipped", "failed", "exited")
@@ -57,7 +63,8 @@ def outcome_of(pid: int, error: BaseException) -> Outcome | None:
         result = "skipped"
     else:
         result = "failed"
-    return Outcome(pid, result, error.exit_code, error.message, error=error)
+    extra = {"busy": list(error.busy)} if isinstance(error, BusyError) else {}
+    return Outcome(pid, result, error.exit_code, error.message, extra, error)
 
 
 def attempt(pid: int, work: Callable[[], Outcome]) -> Outcome:
@@ -82,17 +89,16 @@ class Tally:
     def count(self, result: str) -> int:
         return sum(o.result == result for o in self.outcomes)
 
-    def summary(self, shown: tuple[str, ...]) -> dict[str, int]:
-        counts = {r: self.count(r) for r in shown}
-        counts.update({r: self.count(r) for r in ORDER if r not in shown and self.count(r)})
-        return {**counts, "total": len(self.outcomes)}
+    def summary(self, keys: tuple[str, ...]) -> dict[str, int]:
+        """--json's ``summary``: a count for each of ``keys`` (zero included), and the total."""
+        return {**{r: self.count(r) for r in keys}, "total": len(self.outcomes)}
 
     def line(self, shown: tuple[str, ...], total: int | None = None) -> str:
         """``3 patched, 1 skipped, 0 failed (of 4)``: the counts always shown, then any other
         that is not zero (``1 exited``)."""
-        counts = self.summary(shown)
+        counts = {r: self.count(r) for r in ORDER if r in shown or self.count(r)}
         parts = [f"{counts[r]} {_WORDS[r]}" for r in ORDER if r in counts]
-        return f"{', '.join(parts)} (of {total if total is not None else counts['total']})"
+        return f"{', '.join(parts)} (of {total if total is not None else len(self.outcomes)})"
 
     def failure(self) -> str | None:
         """For --json's ``error`` when some processes failed: how many, and the last reason."""

@@ -79,22 +79,26 @@ class _Command:
 
 _SPECS = {spec.name: spec for spec in (
     _Command("generate", "make a Patch Object from two object trees (-g)",
-             "Compare two builds of a program object by object and write a Patch Object (PO) "
-             "that turns a process running the old build into one running the new. The trees "
+             "Compare two builds of a program (or of a shared library the project builds) object "
+             "by object and write a Patch Object (PO) that turns a process running the old "
+             "build into one running the new. The trees "
              "are release snapshots (releases/<v>/) or build directories; objects built without "
              "the flags patching needs are refused ('katana flags' prints them).",
              ("katana generate -o kvd-v0-v1.po releases/v0 releases/v1 kvd",
-              "katana -g build/v0 build/v1 prog        # writes build/v0/prog.po")),
+              "katana -g build/v0 build/v1 prog        # writes build/v0/prog.po",
+              "katana generate releases/v0 releases/v1 libkv.so   # a library's PO")),
     _Command("list", "show what a Patch Object does (-l)",
              "Print what a PO changes: functions replaced and added, variables added or "
              "transformed (field by field), the safety set, its signature, warnings.",
              ("katana list patches/kvd-v0-v1.po", "katana list --json patches/kvd-v0-v1.po")),
     _Command("apply", "apply a Patch Object to running processes (-p)",
              "Load a PO into running processes through ptrace, at a safe point (no thread "
-             "inside a function it replaces), without restarting them. Every check is made "
+             "inside a function it replaces), without restarting them. A library's PO patches "
+             "the library a process maps, found by its build-id. Every check is made "
              "before the first write; any failure undoes every write.",
              ("katana apply patches/kvd-v0-v1.po 24719",
-              "katana apply patches/kvd-v0-v1.po all   # every process of the PO's program")),
+              "katana apply patches/kvd-v0-v1.po all   # every process of the PO's program",
+              "katana apply patches/libkv.so-v0-v1.po all   # every process mapping libkv.so")),
     _Command("check", "check that a Patch Object would apply now, without applying it",
              "Make every verification apply makes, on each process, with no write: the "
              "signature policy, the build the process runs now (build-id, already applied, "
@@ -114,8 +118,9 @@ _SPECS = {spec.name: spec for spec in (
              "seen by root only.",
              ("katana ps", "katana ps --program kvd --json")),
     _Command("status", "list the patches applied to a process",
-             "Print the patches applied to a process, oldest first, and what it runs now, read "
-             "from the process itself.", ("katana status 24719", "katana status --json 24719")),
+             "Print the patches applied to a process, per object (its program, each library "
+             "patched), oldest first, and what each runs now, read from the process itself.",
+             ("katana status 24719", "katana status --json 24719")),
     _Command("revert", "undo the most recent patch applied to a process",
              "Undo the newest patch of a process once none of its code is in use; with "
              "PATCH (a PO file or its sha256's first digits, as status shows), that patch, "
@@ -208,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
                    "that runs now (a snapshot or a build directory)")
     g.add_argument("new_dir", type=Path, metavar="NEW_DIR", help="the tree of the build to "
                    "patch to, with the same layout")
-    g.add_argument("program", metavar="EXE", help="the program, relative to the trees")
+    g.add_argument("program", metavar="EXE", help="the program (or shared library, "
+                   "libkv.so), relative to the trees")
     _json_option(g)
 
     ls = _add_command(sub, "list", common)

@@ -519,6 +519,36 @@ def test_follows_call_decodes_call_forms():
     assert not follows(b"\x90" * 6 + b"\xff\x50")  # call *disp8(%rax) cut short
 
 
+
+@pytest.mark.parametrize("ranges", [
+    [(0x5612_3456_7000, 0x5612_3456_7010)],  # one small function
+    [(0x5612_3456_70F0, 0x5612_3456_7110)],  # across a 256-byte boundary
+    [(0x5612_3456_7000, 0x5612_3456_8000), (0x5612_7456_0000, 0x5612_7456_0400)],  # exe + patch
+    [(0x5612_FFFF_F000, 0x5613_0000_1000)],  # across a 4 GiB boundary
+])
+def test_fast_scan_finds_exactly_the_words_a_word_loop_finds(ranges):
+    """The stack scan slices one byte column out of the stack and searches it instead of
+    looping over every word: it must keep every word in (low, high] and no other."""
+    import random
+    from array import array
+
+    index = safepoint._Index([Range(lo, hi, f"f{i}") for i, (lo, hi) in enumerate(ranges)])
+    rng = random.Random(9)
+    low, high = index.low, index.high
+    pool = [low, low + 1, high, high + 1, high - 1, 0, 1, 2**64 - 1, low - 1,
+            low ^ (1 << 40), high ^ (1 << 8)]
+    for _ in range(200):
+        words = []
+        for _ in range(rng.randrange(0, 300)):
+            kind = rng.random()
+            words.append(rng.randrange(low - 64, high + 64) if kind < 0.3 else
+                         rng.choice(pool) if kind < 0.5 else rng.getrandbits(64) if kind < 0.7
+                         else rng.randrange(0, 1 << 16))
+        data = array("Q", words).tobytes()
+        expected = [i for i, w in enumerate(words) if low < w <= high]
+        assert index.words_in_span(data) == expected
+
+
 # -- symbols of the executable --------------------------------------------------------------------
 
 SOURCES = {

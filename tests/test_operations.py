@@ -49,9 +49,7 @@ def _result(live: Live, after: int | None = None) -> tuple[int, int]:
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     body = build_scenario("body_change", tmp / "body")
-    missing = {"v0": build_version(SCENARIOS / "missing_symbol" / "v0", tmp / "ms" / "v0"),
-               "v1": build_version(SCENARIOS / "missing_symbol" / "v1", tmp / "ms" / "v1",
-                                   libs=("-lm",))}
+    missing = build_scenario("missing_symbol", tmp / "ms")  # v1 links -lm (link-libs)
     busy = build_scenario("busy_forever", tmp / "busy")
     return {"tmp": tmp, "body": body, "forward": _po(body, "v0", "v1", tmp / "body"),
             "backward": _po(body, "v1", "v0", tmp / "body"),
@@ -135,7 +133,8 @@ def test_ps_lists_patched_processes_and_with_program_the_others(built, tmp_path)
             live.wait_for(r"tick 2 ")
         katana("apply", str(po), str(lives[0].pid), check=True)
         _, doc = _json("ps", "--json")
-        mine = {p["pid"]: p for p in doc["processes"] if p["program"] == name}
+        # by the file they run: another run of this test has processes of that name too
+        mine = {p["pid"]: p for p in doc["processes"] if p["exe"] == str(trees["v0"])}
         assert list(mine) == [lives[0].pid], mine  # the unpatched one is not listed
         patched = mine[lives[0].pid]
         assert patched["patched"] and patched["exe"] == str(trees["v0"])
@@ -146,7 +145,7 @@ def test_ps_lists_patched_processes_and_with_program_the_others(built, tmp_path)
         assert [(x["from"], x["to"]) for x in obj["patches"]] == [("v0", "v1")]
         assert obj["patches"][0]["signer"] == "unsigned"
         _, doc = _json("ps", "--json", "--program", name)
-        mine = {p["pid"]: p for p in doc["processes"] if p["program"] == name}
+        mine = {p["pid"]: p for p in doc["processes"] if p["exe"] == str(trees["v0"])}
         assert sorted(mine) == sorted(live.pid for live in lives)
         other = mine[lives[1].pid]
         assert not other["patched"] and other["objects"] == [] and other["build_id"]
@@ -298,3 +297,38 @@ def test_generate_json_says_what_was_written(built, tmp_path):
     code, doc = _json("generate", "--json", "-o", str(out), str(body["v0"].parent),
                       str(body["v0"].parent), "prog")
     assert code == 5 and doc["error"]["kind"] == "generate"
+
+
+def test_library_and_program_objects_in_check_ps_and_revert(tmp_path):
+    """A process with a library patch and then a program patch: ps shows both objects, each
+    with the build it runs; the library's patch, older but of another object, can be reverted
+    by itself (no later patch depends on it), the program keeps its patch."""
+    from livekit import build_library_version
+
+    built = {v: build_library_version(SCENARIOS / "library" / v, tmp_path / v)["prog"]
+             for v in ("v0", "v1")}
+    lib, prog = (_po(built, "v0", "v1", tmp_path, name) for name in ("libkv.so", "prog"))
+    live = Live([str(built["v0"])])
+
+    def value() -> tuple[int, str]:
+        m = live.wait_for(r"tick (\d+) value (\d+) .* tag (v\d)", after=live.mark() + 1)
+        return int(m.group(2)) // int(m.group(1)), m.group(3)
+
+    try:
+        live.wait_for(r"tick 2 ")
+        code, doc = _json("check", "--json", str(lib), str(live.pid))
+        assert code == 0 and doc["kind"] == "library" and doc["object"] == "libkv.so", doc
+        katana("apply", str(lib), str(live.pid), check=True)
+        katana("apply", str(prog), str(live.pid), check=True)
+        assert value() == (3, "v1")
+        _, doc = _json("ps", "--json")
+        (mine,) = [p for p in doc["processes"] if p["pid"] == live.pid]
+        assert [(o["kind"], o["object"], o["effective"]) for o in mine["objects"]] == \
+            [("library", "libkv.so", "v1"), ("program", "prog", "v1")]
+        code, doc = _json("revert", "--json", str(live.pid), str(lib))
+        assert code == 0 and [r["object"] for r in doc["results"]] == ["libkv.so"], doc
+        assert value() == (2, "v1")  # v0's library, v1's program
+        status = json.loads(katana("status", "--json", str(live.pid), check=True).stdout)
+        assert [p["program"] for p in status["patches"]] == ["prog"]
+    finally:
+        live.kill()

@@ -203,8 +203,18 @@ def test_programs_record_their_objects_in_link_order(tmp_path):
     assert [o.name for o in objects] == ["main.o", "store.o", "net.o"]
     kind, objects = lib.attributes.katana_linked
     assert kind == "shared_library" and [o.name for o in objects] == ["util.os"]
+    plugin = env.LoadableModule(str(tmp_path / "plugin"), [str(tmp_path / "plug.c")])[0]
+    kind, objects = plugin.attributes.katana_linked
+    assert kind == "shared_library" and [o.name for o in objects] == ["plug.os"]
     release = env.Alias("release")[0]
-    assert {prog, lib} <= set(release.sources)
+    assert {prog, lib, plugin} <= set(release.sources)
+
+
+def test_library_objects_are_position_independent(tmp_path):
+    env = katana_env()
+    env.Replace(SHCCFLAGS=["$CCFLAGS"])  # a project that dropped SCons's own -fPIC
+    env.SharedLibrary(str(tmp_path / "libutil"), [str(tmp_path / "util.c")])
+    assert "-fPIC" in env.subst("$SHCCFLAGS").split()
 
 
 def fake_compiler(tmp_path, name, version_text, dumpversion):

@@ -10,7 +10,14 @@ from katana.errors import SignatureError, TargetError
 from katana.live.apply import Result, apply_patch
 from katana.live.audit import log_event, refusal_line
 from katana.live.results import Outcome, Tally, attempt, tell
-from katana.live.targets import EVERY, Selection, all_pids, check_filters, given_pids
+from katana.live.targets import (
+    EVERY,
+    Selection,
+    all_pids,
+    check_filters,
+    given_pids,
+    library_pids,
+)
 from katana.live.trust import check_policy
 from katana.po import load_po
 from katana.target import procfs
@@ -34,7 +41,7 @@ def patch_fields(patch: Path, sha256: str | None = None) -> dict:
     """What --json says of the PO itself (its program, labels, build-ids)."""
     m = load_po(patch).meta
     return {"patch": str(patch), "po_sha256": sha256, "object": m.program,
-            "kind": getattr(m, "kind", "program"), "from": m.from_label, "to": m.to_label,
+            "kind": m.kind, "from": m.from_label, "to": m.to_label,
             "from_build_id": m.from_build_id, "to_build_id": m.to_build_id}
 
 
@@ -43,10 +50,15 @@ def find_targets(patch: Path, pids: list[str], chosen: Selection) -> list[int]:
     if pids != ["all"]:
         return given_pids(pids)
     m = load_po(patch).meta
-    targets = all_pids(m.program, m.from_build_id, chosen)
+    if m.kind == "library":  # every process that maps it, whatever program it runs
+        targets = library_pids({Path(m.program).name, m.soname or ""} - {""}, chosen)
+    else:
+        targets = all_pids(m.program, m.from_build_id, chosen)
     if not targets:
         which = f" {chosen.describe()}" if chosen.describe() else ""
-        raise TargetError(f"no running process{which} runs the patch's program ({m.program})",
+        what = f"maps the patch's library ({m.program})" if m.kind == "library" else \
+            f"runs the patch's program ({m.program})"
+        raise TargetError(f"no running process{which} {what}",
                           hint="check with katana ps, or give the process ids")
     return targets
 

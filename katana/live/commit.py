@@ -49,15 +49,19 @@ class Commit:
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
         maps = proc.maps()
-        if [r.region for r in read_records(plan.pid, maps)] != [r.region for r in plan.records]:
+        if [r.region for r in read_records(plan.pid, maps)] != \
+                [r.region for r in plan.all_records]:
             # Seized, no other katana can change it from here on.
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
         borrower = Borrower(proc, maps)
         try:
+            obj = plan.obj
+            # within rel32 reach of the object patched: the program, or a library
+            near = None if obj is None else (*obj.extent, obj.low_2g)
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
-                                          inject.PROT_READ | inject.PROT_WRITE, maps)
+                                          inject.PROT_READ | inject.PROT_WRITE, maps, near)
             self._resolve_libraries()
             image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
             start = plan.layout.text_start

@@ -42,7 +42,7 @@ def objects(records: list[Record], exe_build_id: str | None) -> list[dict]:
     """One entry per patched object, in the order of its first patch."""
     groups: dict[tuple[str, str], list[Record]] = {}
     for r in records:
-        groups.setdefault((getattr(r, "kind", "program"), r.program), []).append(r)
+        groups.setdefault((r.kind, r.program), []).append(r)
     out = []
     for (kind, name), recs in groups.items():
         own = exe_build_id if kind == "program" and exe_build_id else recs[0].from_build_id

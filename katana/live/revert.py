@@ -63,7 +63,7 @@ def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = Non
 
 
 def _labels(record: Record) -> dict:
-    return {"object": record.program, "kind": getattr(record, "kind", "program"),
+    return {"object": record.program, "kind": record.kind,
             "from": record.from_label, "to": record.to_label, "po_sha256": record.po_sha256}
 
 
@@ -114,8 +114,8 @@ def _sha_of(patch: str) -> str:
 def _depends(later: Record, record: Record) -> bool:
     """Whether ``later`` needs ``record``: a patch of the same object (made from the build
     ``record`` left), or one whose code was linked against ``record``'s region."""
-    if (getattr(later, "kind", "program"), later.program) == \
-            (getattr(record, "kind", "program"), record.program):
+    if (later.kind, later.program) == \
+            (record.kind, record.program):
         return True
     lo, size = record.region
     addresses = list(later.symbols.values()) + [s.address for s in later.sites]

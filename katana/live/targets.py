@@ -108,6 +108,26 @@ def all_pids(program: str, build_id: str, chosen: Selection = EVERY) -> list[int
     return found
 
 
+def library_pids(names: set[str], chosen: Selection = EVERY) -> list[int]:
+    """Every process we can see that maps a library of one of these file names (or sonames),
+    whichever program it runs; apply skips those that map another build of it."""
+    from katana.target import procfs
+
+    found = []
+    for pid in process_ids():
+        if chosen.uid is not None and process_uid(pid) != chosen.uid:
+            continue
+        if chosen.exe is not None and not _runs(pid, chosen.exe):
+            continue
+        try:
+            text = procfs.maps_text(pid)
+        except KatanaError:
+            continue  # exited, or not ours to read
+        if any(line.rsplit("/", 1)[-1] in names for line in text.splitlines() if "/" in line):
+            found.append(pid)
+    return found
+
+
 def given_pids(pids: list[str]) -> list[int]:
     try:
         return list(dict.fromkeys(int(p) for p in pids))  # each once, in the order given

@@ -23,7 +23,6 @@ import bisect
 import os
 import sys
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -90,6 +89,7 @@ class _Index:
         self.low = min(self.starts, default=0)
         self.high = max((r.end for r in self.ranges), default=0)
         self.longest = max((r.end - r.start for r in self.ranges), default=0)
+        self.byte, self.values = _selective_byte(self.low + 1, self.high)
 
     def find(self, addr: int) -> Range | None:
         # Ranges may overlap (aliases, a function and its part): look back as far as the
@@ -100,6 +100,36 @@ class _Index:
                 return self.ranges[i]
             i -= 1
         return None
+
+    def words_in_span(self, data: bytes) -> list[int]:
+        """Indices of the 8-byte words of ``data`` in (low, high], found without a Python loop
+        over every word: every such word has one of a few values in one byte position (its
+        most selective byte), so that byte of every word is sliced out (``data[j::8]``, in C)
+        and searched (``bytes.find``, memchr); only those hits are compared in full."""
+        column = data[self.byte::8]
+        hits = []
+        for value in self.values:
+            i = column.find(value)
+            while i >= 0:
+                word = int.from_bytes(data[8 * i:8 * i + 8], "little")
+                if self.low < word <= self.high:
+                    hits.append(i)
+                i = column.find(value, i + 1)
+        if len(self.values) > 1:
+            hits.sort()
+        return hits
+
+
+def _selective_byte(low: int, high: int) -> tuple[int, list[bytes]]:
+    """The lowest byte position whose values over [low, high] are at most four (the fewer
+    words of a stack share them, the fewer are compared), and those values."""
+    if high < low:
+        return 7, []
+    for j in range(8):
+        first, last = low >> (8 * j), high >> (8 * j)
+        if last - first < 4:
+            return j, [bytes([v & 0xFF]) for v in range(first, last + 1)]
+    return 7, [b"\0"]  # unreachable: at j = 7 both are below 256
 
 
 def _indirect_call_length(code: bytes) -> int:
@@ -125,6 +155,10 @@ def _indirect_call_length(code: bytes) -> int:
     if mod == 0 and rm == 5:
         length += 4  # RIP-relative: ff 15 disp32
     return length + {0: 0, 1: 1, 2: 4}[mod]
+
+
+def _word(data: bytes, i: int) -> int:
+    return int.from_bytes(data[8 * i:8 * i + 8], "little")
 
 
 def follows_call(before: bytes) -> bool:
@@ -190,6 +224,7 @@ class Checker:
         bias = procfs.load_bias(pid, maps)
         self.switch_returns = {r + bias for r in switch_returns(procfs.exe_path(pid))}
         self.declared = declared
+        self._after_call: dict[int, bool] = {}
 
     def _add_patch_cfi(self, records: list) -> None:
         from katana.safety.cfi import CfiError, PatchCfi, fde_from_blob
@@ -294,29 +329,45 @@ class Checker:
             data = self.read(start, hi - start)
         except TargetError:
             return []
-        words = array("Q", data[:len(data) & ~7])
+        data = data[:len(data) & ~7]
         index, found = self.index, []
-        for i, word in enumerate(words):
-            if index.low < word <= index.high:
-                # word - 1: a call that ends its function (to a noreturn callee) returns to
-                # the next function's first byte.
-                r = index.find(word - 1)
-                if r is not None and self._returns_from_call(word):
-                    found.append(_Word(start + 8 * i, word, r.name, "stack"))
-            elif word == self.restorer and i + _SIGFRAME_RIP < len(words):
-                rip = words[i + _SIGFRAME_RIP]
+        for i in index.words_in_span(data):
+            word = int.from_bytes(data[8 * i:8 * i + 8], "little")
+            # word - 1: a call that ends its function (to a noreturn callee) returns to
+            # the next function's first byte.
+            r = index.find(word - 1)
+            if r is not None and self._returns_from_call(word):
+                found.append(_Word(start + 8 * i, word, r.name, "stack"))
+        if self.restorer is None:
+            return found
+        # Searched by its low half: an 8-byte pattern ending in the zeros of a user address
+        # makes bytes.find compare at every zero of the stack (most of it).
+        low_half = self.restorer.to_bytes(8, "little")[:4]
+        words = len(data) // 8
+        at = data.find(low_half)
+        while at >= 0:
+            i = at // 8
+            if at % 8 == 0 and i + _SIGFRAME_RIP < words and _word(data, i) == self.restorer:
+                rip = _word(data, i + _SIGFRAME_RIP)
                 r = index.find(rip)
                 if r is not None:
                     found.append(_Word(start + 8 * (i + _SIGFRAME_RIP), rip, r.name, "signal"))
                 # The interrupted code's stack: elsewhere when the handler ran on sigaltstack.
-                found.append(_Word(None, words[i + _SIGFRAME_RSP], "", "signal-sp"))
+                found.append(_Word(None, _word(data, i + _SIGFRAME_RSP), "", "signal-sp"))
+            at = data.find(low_half, at + 1)
         return found
 
     def _returns_from_call(self, address: int) -> bool:
-        try:
-            return follows_call(self.read(address - 8, 8))
-        except TargetError:
-            return False  # the bytes before it are not mapped: nothing called from there
+        """Whether the bytes before ``address`` end with a call; code does not change while
+        the check runs, so each address is decoded once for every thread and stop."""
+        known = self._after_call.get(address)
+        if known is None:
+            try:
+                known = follows_call(self.read(address - 8, 8))
+            except TargetError:
+                known = False  # the bytes before it are not mapped: nothing called from there
+            self._after_call[address] = known
+        return known
 
     # -- the verdict -----------------------------------------------------------------------
 

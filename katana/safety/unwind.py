@@ -72,6 +72,7 @@ class ProcessCfi:
         self.read = read
         self.objects: list[_Object] = []
         self.patches: list[_Object] = []
+        self._indexed: list[procfs.Mapping] | None = None
         self.refresh(procfs.read_maps(pid) if maps is None else maps)
 
     def add_patches(self, regions: list[tuple[int, int]], cfi: PatchCfi) -> None:
@@ -81,7 +82,12 @@ class ProcessCfi:
                         for lo, hi in regions]
 
     def refresh(self, maps: list[procfs.Mapping]) -> None:
-        """Index the executable mappings of ``maps`` by the object they belong to."""
+        """Index the executable mappings of ``maps`` by the object they belong to. The same
+        list again (``Process.maps`` returns its kept copy while nothing was mapped) costs
+        nothing: the stop calls this once more."""
+        if maps is self._indexed:
+            return
+        self._indexed = maps
         known = {(o.start, o.end) for o in self.objects}
         bases: dict[str, int] = {}
         for m in maps:

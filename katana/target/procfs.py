@@ -6,6 +6,7 @@ stable while it is (a running process maps, unmaps and spawns threads at will).
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 import time
@@ -250,11 +251,17 @@ def libraries(pid: int, maps: list[Mapping] | None = None) -> list[Library]:
 
 
 def mapping_at(maps: list[Mapping], addr: int) -> Mapping | None:
-    """The mapping that contains ``addr``, if any."""
-    for m in maps:
-        if m.start <= addr < m.end:
-            return m
+    """The mapping of ``maps`` (in address order, as ``read_maps`` returns them) that
+    contains ``addr``, if any. A binary search: the stop looks up every thread's stack pointer
+    among hundreds of mappings (each thread's stack and guard page)."""
+    i = bisect.bisect_right(maps, addr, key=_start) - 1
+    if i >= 0 and maps[i].start <= addr < maps[i].end:
+        return maps[i]
     return None
+
+
+def _start(m: Mapping) -> int:
+    return m.start
 
 
 def start_brk(pid: int) -> int:

@@ -17,6 +17,9 @@ description:
   - In check mode it runs C(katana check), which makes every verification apply makes (policy
     and signature, build-id, symbols, which functions are in use) without a write and without a
     stop longer than one safe-point probe. A process apply would patch reports C(changed).
+    With O(state=reverted), check mode reports the processes that carry the PO (from
+    C(katana ps)); whether katana would refuse to take it out (it moved data to a new layout,
+    or later patches depend on it) shows only when it runs.
   - The host fails when any process fails, with katana's message for each; the processes that
     failed run on exactly as before.
   - It reads C(katana ... --json) (schema 1, C(docs/json.md) in the Katana repository).

@@ -6,17 +6,21 @@
 #             apply again
 #   v1 -> v2  a struct grows: a signed patch moves every live entry to the new layout
 #   status    what the server runs now, and who patched it; katana ps, the host's view
-# VERBOSE=1 ./demo.sh prints the compiler command lines too.
+# VERBOSE=1 ./demo.sh prints the compiler command lines too. tests/test_demo.py runs it.
 set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 change() { printf '$ patch -p1 < %s\n' "$1"; patch -p1 < "$1"; }
 
-say "setting up (.venv)"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
-export PATH="$PWD/.venv/bin:$PATH"
+if [ -n "${KATANA_DEMO_VENV:-}" ]; then  # an environment with katana already (the tests')
+    export PATH="$KATANA_DEMO_VENV/bin:$PATH"
+else
+    say "setting up (.venv)"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install -q -e '.[test]'
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
 verbose=${VERBOSE:+VERBOSE=1}
 
 say "a working copy of the example (demo/): the tree of example_project/src is at v0"

@@ -75,6 +75,16 @@ def ask(port: int, line: str) -> str:
         return sock.makefile().readline().rstrip("\n")
 
 
+def ansible_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of every ansible command here: the collection where it is in the
+    repository, and nothing of Ansible's (config, cache, temporary files) outside tmp_path."""
+    (tmp_path / "ansible.cfg").write_text("")
+    return {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
+            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ah"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "lt"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "rt"),
+            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+
+
 def playbook(tmp_path: Path, tasks: str, *options: str, home: Path | None = None
              ) -> tuple[subprocess.CompletedProcess, tuple[int, int, int], dict]:
     """Run a play of ``tasks`` on localhost; (the run, (ok, changed, failed), what the tasks
@@ -83,11 +93,7 @@ def playbook(tmp_path: Path, tasks: str, *options: str, home: Path | None = None
     out.mkdir(exist_ok=True)
     play = tmp_path / "play.yml"
     play.write_text(f"- hosts: localhost\n  gather_facts: false\n  tasks:\n{tasks}")
-    (tmp_path / "ansible.cfg").write_text("")
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
-           "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ah"),
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "lt"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "rt"),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env = ansible_env(tmp_path)
     if home:
         env["HOME"] = str(home)
     run = subprocess.run(
@@ -221,7 +227,7 @@ def test_a_po_for_another_build_fails_the_host(needs_json, project, server, tmp_
 def test_the_collection_builds_and_documents_its_modules(tmp_path):
     built = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION),
                             "--output-path", str(tmp_path)], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ah")})
+                           timeout=120, env=ansible_env(tmp_path))
     assert built.returncode == 0, built.stdout + built.stderr
     (tarball,) = tmp_path.glob("katana-hotpatch-*.tar.gz")
     with tarfile.open(tarball) as tar:
@@ -231,8 +237,7 @@ def test_the_collection_builds_and_documents_its_modules(tmp_path):
     docs = subprocess.run([str(BIN / "ansible-doc"), "--json", "-t", "module",
                            "katana.hotpatch.katana_patch", "katana.hotpatch.katana_facts"],
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
-                               "ANSIBLE_HOME": str(tmp_path / "ah")})
+                          env=ansible_env(tmp_path))
     assert docs.returncode == 0, docs.stderr
     found = json.loads(docs.stdout)
     patch = found["katana.hotpatch.katana_patch"]
@@ -247,8 +252,7 @@ def test_the_rollout_of_docs_fleet_md_parses(tmp_path):
     (rollout,) = re.findall(r"```yaml\n(# rollout.yml.*?)```", doc, re.S)
     (tmp_path / "rollout.yml").write_text(rollout)
     (tmp_path / "hosts").write_text("[canary]\nc1\n[kvd]\nc1\nk2\nk3\n")
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
-           "ANSIBLE_HOME": str(tmp_path / "ah"), "ANSIBLE_NOCOLOR": "1"}
+    env = ansible_env(tmp_path)
     checked = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts"),
                               "--syntax-check", "--list-tasks", str(tmp_path / "rollout.yml")],
                              capture_output=True, text=True, timeout=120, env=env)

@@ -88,11 +88,12 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
     return _PO_CACHE[k]
 
 
-def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record]]:
+def verify(po_path: Path, pid: int, maps: list[procfs.Mapping] | None = None
+           ) -> tuple[PatchObject, str, list[Record]]:
     """The PO and the process belong together: same build, patch not applied yet."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
-    records = read_records(pid)
+    records = read_records(pid, maps)
     for record in records:
         if record.po_sha256 == sha:
             raise MismatchError(f"process {pid} already has this patch ({record.program} "
@@ -248,12 +249,14 @@ def _plan_declared_stacks(plan: Plan) -> None:
         plan.declared_stacks = (table.value + plan.bias, count.value + plan.bias)
 
 
-def prepare(po_path: Path, pid: int, audit: Audit | None = None) -> Plan:
-    """Verify and plan; nothing is stopped or written yet."""
+def prepare(po_path: Path, pid: int, audit: Audit | None = None,
+            maps: list[procfs.Mapping] | None = None) -> Plan:
+    """Verify and plan; nothing is stopped or written yet. ``maps``: the process's mappings,
+    read once by the caller for everything before the seize."""
     started = time.monotonic()
-    po, sha, records = verify(po_path, pid)
+    po, sha, records = verify(po_path, pid, maps)
     exe = open_executable(f"/proc/{pid}/exe")
-    bias = procfs.load_bias(pid) if exe.pie else 0
+    bias = procfs.load_bias(pid, maps) if exe.pie else 0
     plan = Plan(pid, po, sha, records, exe, bias, audit=audit)  # before the record is sized
     _resolve_externals(plan)
     _plan_redirects(plan)

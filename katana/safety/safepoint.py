@@ -204,15 +204,17 @@ class Checker:
 
     def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
                  declared: tuple[int, int] | None = None, return_hooks: bool = True,
-                 records: list | None = None) -> None:
-        """``records``: the process's patch records, when the caller has read them already."""
+                 records: list | None = None, maps: list[procfs.Mapping] | None = None
+                 ) -> None:
+        """``records``, ``maps``: the process's patch records and mappings, when the caller
+        has read them already."""
         from katana.live.record import read_records
 
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
         self.read = _MemReader(pid)
-        maps = procfs.read_maps(pid)
+        maps = procfs.read_maps(pid) if maps is None else maps
         self.cfi = ProcessCfi(pid, self.read, maps)
         self._add_patch_cfi(read_records(pid, maps) if records is None else records)
         self.hooks = ReturnHooks(pid, self.read)

@@ -105,7 +105,7 @@ class ProcessCfi:
         if base is None or m.path in ("", "[vsyscall]"):
             return _Object(m.start, m.end, name, None, 0, "no ELF image (generated code?)")
         try:
-            cfi, bias, reason = read_object(self.read, base)
+            cfi, bias, reason = read_object(self.read, base, _CACHE)
         except (CfiError, TargetError, struct.error, ValueError) as e:
             return _Object(m.start, m.end, name, None, 0, str(e))
         if cfi is not None and cfi.build_id:

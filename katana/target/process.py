@@ -110,6 +110,7 @@ class Process:
         if self.seized:
             return
         procfs.check_process(self.pid)
+        _outrank_threads()
         self._owner = threading.get_ident()
         self._threads = {}
         self.seized = True
@@ -166,11 +167,13 @@ class Process:
             self._restart(tid)
         self._end_hold()
 
-    def resume_thread(self, tid: int) -> None:
-        """Let one stopped thread run on, delivering the signal it stopped for (if any)."""
+    def resume_thread(self, tid: int, *, deliver: bool = True) -> None:
+        """Let one stopped thread run on, delivering the signal it stopped for (if any);
+        ``deliver=False`` keeps it for a later resume (the thread runs code of ours that a
+        handler must not interrupt)."""
         self._check_owner()
         if tid in self._threads:
-            self._restart(tid)
+            self._restart(tid, deliver)
 
     def detach(self, *, leave_stopped: bool = False) -> None:
         """Detach every thread, re-delivering recorded signals. Idempotent.
@@ -206,11 +209,12 @@ class Process:
             except OSError as e:
                 errors.append(e)
         self._threads = {}
+        self._end_hold()
+        _let_threads_run()
         self.memory.close()
         self.memo.clear()
         self._maps = None
         self.seized = False
-        self._end_hold()
         if errors:
             raise TargetError(f"cannot detach from process {self.pid}: {errors[0].strerror}")
 
@@ -242,7 +246,7 @@ class Process:
             return
         self._threads[tid].interrupted = True
 
-    def _restart(self, tid: int) -> None:
+    def _restart(self, tid: int, deliver: bool = True) -> None:
         th = self._threads[tid]
         if not th.stopped:
             return
@@ -251,7 +255,10 @@ class Process:
                 # Stay in the group-stop the user asked for, but report SIGCONT to us.
                 pt.ptrace(pt.PTRACE_LISTEN, tid)
             else:
-                pt.ptrace(pt.PTRACE_CONT, tid, 0, self._signal_to_deliver(tid, th))
+                # Not delivered: the kernel drops it, and it stays in th.pending, queued
+                # again (tgkill) when the thread is next let go from another stop.
+                signal_ = self._signal_to_deliver(tid, th) if deliver else 0
+                pt.ptrace(pt.PTRACE_CONT, tid, 0, signal_)
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise TargetError(f"cannot resume thread {tid}: {e.strerror}") from None
@@ -596,14 +603,7 @@ class Process:
 
     def mapping_at(self, addr: int) -> procfs.Mapping | None:
         """The current mapping that starts at ``addr`` (one line of /proc/PID/maps parsed)."""
-        text = procfs.maps_text(self.pid)
-        key = f"{addr:08x}-"  # the kernel prints at least 8 digits (show_vma_header_prefix)
-        at = text.find(key)
-        while at > 0 and text[at - 1] != "\n":
-            at = text.find(key, at + 1)
-        if at < 0:
-            return None
-        return procfs.parse_maps_line(text[at:text.find("\n", at)])
+        return procfs.mapping_starting_at(procfs.maps_text(self.pid), addr)
 
     def read(self, addr: int, size: int) -> bytes:
         """Read ``size`` bytes at ``addr`` (see ``Memory.read``); the process may be running."""
@@ -645,6 +645,39 @@ class Process:
             if e.errno == errno.ESRCH:
                 raise TargetError(f"a thread of process {self.pid} exited while stopped") from None
             raise TargetError(f"ptrace failed on process {self.pid}: {e.strerror}") from None
+
+
+# The priority katana gave up when it let a process go (the command raises it as root, see
+# cli._outrank_target), taken back when it seizes the next one.
+_given_up: int | None = None
+
+
+def _let_threads_run() -> None:
+    """Once every thread is detached: back to an ordinary priority, and the CPU to them.
+
+    Run above them (nice -15), katana would keep its CPU through the rest of the command
+    (reporting, the audit log, the interpreter's exit: milliseconds) while the threads it
+    just released wait to run, which is time they are held as surely as in a ptrace stop."""
+    global _given_up
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice < 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+            _given_up = nice if _given_up is None else _given_up
+            os.sched_yield()
+    except OSError:
+        pass
+
+
+def _outrank_threads() -> None:
+    """Take back the priority ``_let_threads_run`` gave up (the next process to patch)."""
+    global _given_up
+    if _given_up is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, _given_up)
+        except OSError:
+            pass
+        _given_up = None
 
 
 def _ignore_errors(fn: Callable[..., T], *args: object) -> T | None:

@@ -140,6 +140,17 @@ def read_maps(pid: int) -> list[Mapping]:
     return [parse_maps_line(line) for line in _read_text(pid, "maps").splitlines() if line]
 
 
+def mapping_starting_at(text: str, addr: int) -> Mapping | None:
+    """The mapping that starts at ``addr`` in /proc/PID/maps ``text`` (one line parsed)."""
+    key = f"{addr:08x}-"  # the kernel prints at least 8 digits (show_vma_header_prefix)
+    at = text.find(key)
+    while at > 0 and text[at - 1] != "\n":
+        at = text.find(key, at + 1)
+    if at < 0:
+        return None
+    return parse_maps_line(text[at:text.find("\n", at)])
+
+
 def maps_text(pid: int) -> str:
     """/proc/PID/maps as text, for a caller that needs one line of it."""
     return _read_text(pid, "maps")

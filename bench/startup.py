@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, median, table  # noqa: E402
+from _common import KATANA_ENV, ROOT, median, table  # noqa: E402
 from stop import build  # noqa: E402
 
 KATANA = str(Path(sys.executable).parent / "katana")
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV = KATANA_ENV
 APPLY_IMPORTS = ("import katana.cli, katana.config, katana.live.command, katana.live.apply, "
                  "katana.safety.safepoint")
 

@@ -137,7 +137,8 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     # what the safe point needs (the CFI of every mapped object, the coroutine switch points),
     # read before the stop
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
-                      return_hooks=config.return_hooks, records=plan.records, maps=maps)
+                      return_hooks=config.return_hooks, records=plan.records, maps=maps,
+                      read=proc.memory.read)
     try:
         proc.seize()
         fault_point("seized")

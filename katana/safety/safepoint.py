@@ -204,16 +204,18 @@ class Checker:
 
     def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
                  declared: tuple[int, int] | None = None, return_hooks: bool = True,
-                 records: list | None = None, maps: list[procfs.Mapping] | None = None
-                 ) -> None:
+                 records: list | None = None, maps: list[procfs.Mapping] | None = None,
+                 read: Callable[[int, int], bytes] | None = None) -> None:
         """``records``, ``maps``: the process's patch records and mappings, when the caller
-        has read them already."""
+        has read them already; ``read``: a reader of its memory to share (the Process's, so
+        that one /proc/PID/mem serves both), else the checker opens its own."""
         from katana.live.record import read_records
 
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
-        self.read = _MemReader(pid)
+        self._reader = _MemReader(pid) if read is None else None
+        self.read = read or self._reader
         maps = procfs.read_maps(pid) if maps is None else maps
         self.cfi = ProcessCfi(pid, self.read, maps)
         self._add_patch_cfi(read_records(pid, maps) if records is None else records)
@@ -243,7 +245,8 @@ class Checker:
             self.cfi.add_patches(regions, PatchCfi(fdes))
 
     def close(self) -> None:
-        self.read.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def unwinder(self) -> Unwinder:
         return Unwinder(self.cfi, self.read, self.hooks.original)

@@ -90,6 +90,9 @@ class Process:
         self.stopped_seconds = 0.0
         self.longest_stop = 0.0
         self._stopped_since: float | None = None
+        # Threads held alone (a borrowed thread, between its stop and its resume): their time
+        # counts in stopped_seconds too, which is what "target stopped" reports.
+        self._alone_since: dict[int, float] = {}
 
     @property
     def tids(self) -> list[int]:
@@ -157,6 +160,9 @@ class Process:
         self.attached = True
         self.stops += 1
         self._stopped_since = started
+        for since in self._alone_since.values():  # held alone until the whole stop began
+            self.stopped_seconds += max(0.0, started - since)
+        self._alone_since.clear()
 
     def resume(self) -> None:
         """Let every thread run again, staying seized (``stop()`` stops them again)."""
@@ -209,6 +215,7 @@ class Process:
             except OSError as e:
                 errors.append(e)
         self._threads = {}
+        self._alone_since.clear()  # all of them were in the whole stop, counted from its start
         self._end_hold()
         _let_threads_run()
         self.memory.close()
@@ -250,6 +257,9 @@ class Process:
         th = self._threads[tid]
         if not th.stopped:
             return
+        since = self._alone_since.pop(tid, None)
+        if since is not None:
+            self.stopped_seconds += time.monotonic() - since
         try:
             if th.kind == "group":
                 # Stay in the group-stop the user asked for, but report SIGCONT to us.
@@ -454,9 +464,12 @@ class Process:
             raise TargetError(f"thread {tid} of process {self.pid} has exited")
         if th.stopped:
             return
+        started = time.monotonic()
         if not th.interrupted:
             self._interrupt(tid)
         self._await_stops([tid])
+        if not self.attached and tid in self._threads:
+            self._alone_since[tid] = started
         if tid not in self._threads:
             raise TargetError(f"thread {tid} of process {self.pid} exited")
 

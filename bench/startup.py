@@ -9,7 +9,10 @@ by run so that load touches them all alike:
 - ``import the apply path``: ``python -c`` importing what ``katana apply`` imports;
 - ``katana status PID``: a process with one patch applied (read from the process, no stop);
 - ``katana apply PO PID``: a fresh idle process of bench/stop.py's 1-thread program each run,
-  1-function patch, the whole command (attach, safe point, commit, detach, report).
+  1-function patch, the whole command (attach, safe point, commit, detach, report);
+- the same, with every module compiled from source (no bytecode cache found, none written:
+  PYTHONPYCACHEPREFIX at an empty directory and PYTHONDONTWRITEBYTECODE=1), as a checkout
+  runs in an environment that sets PYTHONDONTWRITEBYTECODE.
 
 Run as root for apply (ptrace); the programs are bench/stop.py's, cached under /tmp.
 
@@ -35,16 +38,18 @@ from stop import build  # noqa: E402
 
 KATANA = str(Path(sys.executable).parent / "katana")
 ENV = KATANA_ENV
+NO_CACHE = {**KATANA_ENV, "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPYCACHEPREFIX": "/tmp/katana-bench-startup-nocache"}
 APPLY_IMPORTS = ("import katana.cli, katana.config, katana.live.command, katana.live.apply, "
                  "katana.safety.safepoint")
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
+def _timed(cmd: list[str], env: dict[str, str] = ENV) -> tuple[float, float]:
     """(wall ms, CPU ms: user + system) of one run of ``cmd``. The CPU time is what load from
     other work changes least: a command waiting for a CPU is not using one."""
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=ENV)
+                         env=env)
     _pid, status, usage = os.wait4(p.pid, 0)
     elapsed = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -67,7 +72,8 @@ def main() -> None:
     exe, po = built[0], built[1]
     patched = _start(exe)
     rows: dict[str, list[tuple[float, float]]] = {"python -c pass": [], "import the apply path": [],
-                                    "katana status PID": [], "katana apply PO PID": []}
+                                    "katana status PID": [], "katana apply PO PID": [],
+                                    "katana apply, compiled at start": []}
     try:
         # also writes the bytecode caches of everything apply and status import
         subprocess.run([KATANA, "-q", "apply", str(po), str(patched.pid)], check=True, cwd=ROOT,
@@ -78,13 +84,14 @@ def main() -> None:
             rows["python -c pass"].append(_timed([sys.executable, "-c", "pass"]))
             rows["import the apply path"].append(_timed([sys.executable, "-c", APPLY_IMPORTS]))
             rows["katana status PID"].append(_timed([KATANA, "status", str(patched.pid)]))
-            target = _start(exe)
-            try:
-                rows["katana apply PO PID"].append(
-                    _timed([KATANA, "apply", str(po), str(target.pid)]))
-            finally:
-                target.kill()
-                target.wait()
+            for name, env in (("katana apply PO PID", ENV),
+                              ("katana apply, compiled at start", NO_CACHE)):
+                target = _start(exe)
+                try:
+                    rows[name].append(_timed([KATANA, "apply", str(po), str(target.pid)], env))
+                finally:
+                    target.kill()
+                    target.wait()
     finally:
         patched.kill()
         patched.wait()

@@ -19,6 +19,7 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from katana.elf.leb128 import read_sleb, read_uleb
 from katana.errors import FormatError
@@ -45,8 +46,7 @@ class CfiError(FormatError):
     stays conservative (a FormatError, so that it shares that exit code's line in --help)."""
 
 
-@dataclass(frozen=True)
-class Cie:
+class Cie(NamedTuple):
     code_align: int
     data_align: int
     ra_reg: int
@@ -56,8 +56,7 @@ class Cie:
     instructions: bytes
 
 
-@dataclass(frozen=True)
-class Fde:
+class Fde(NamedTuple):
     start: int  # runtime addresses
     end: int
     cie: Cie

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.elf.headers import SHT_RELA, read_headers, read_section
 from katana.target import procfs
@@ -51,8 +51,7 @@ _SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 _CALL_RELOCS = {2, 4, 9, 41, 42}  # PC32, PLT32, GOTPCREL, GOTPCRELX, REX_GOTPCRELX
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     address: int
     regs: dict[int, int]  # DWARF register -> value; 16 is the saved return address
 

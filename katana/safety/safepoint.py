@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from katana.errors import BusyError, KatanaError, TargetError
 from katana.safety.coroutines import declared_stacks, find_contexts, switch_returns
@@ -50,8 +50,7 @@ def _quiet(level: int, text: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     """A function that must not be in use: [start, end) at runtime, and its name."""
 
     start: int
@@ -59,8 +58,7 @@ class Range:
     name: str
 
 
-@dataclass(frozen=True)
-class Busy:
+class Busy(NamedTuple):
     """A function found in use. ``where``: "rip", "stack", "signal" or "coroutine"."""
 
     tid: int  # 0 for a coroutine
@@ -74,8 +72,7 @@ class Busy:
     unverified: str = ""  # why the unwind could not tell a live frame from a stale word
 
 
-@dataclass(frozen=True)
-class _Word:
+class _Word(NamedTuple):
     at: int | None  # where the word is (None: the thread's RIP)
     value: int
     name: str
@@ -405,8 +402,8 @@ class Checker:
             i, outer = live[-1]
             frame = walk.frames[i]
             returns_to = walk.frames[i + 1].pc if i + 1 < len(walk.frames) else None
-            outer = replace(outer, slot=frame.ra_slot, returns_to=returns_to,
-                            never_returns=self._never_returns(walk, i, outer, label))
+            outer = outer._replace(slot=frame.ra_slot, returns_to=returns_to,
+                                   never_returns=self._never_returns(walk, i, outer, label))
             live[-1] = (i, outer)
         out += [b for _, b in live]
         return out

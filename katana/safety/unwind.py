@@ -17,6 +17,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import TargetError
 from katana.safety.cfi import RA, CfiError, ObjectCfi, PatchCfi, expr, read_object, row_at
@@ -32,8 +33,7 @@ MAX_FRAMES = 1024
 _CACHE: dict[str, ObjectCfi] = {}
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One live frame: its PC, its CFA, and where its return address is stored (or None)."""
 
     pc: int

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from katana.errors import ApplyError, TargetError, Terminated
 from katana.target import procfs
@@ -43,8 +43,7 @@ _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 U_DEBUGREG = 848  # offsetof(struct user, u_debugreg) on x86-64
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """A stop of one thread seen while the process runs: a signal it received (``sig``) and the
     signal's si_code (TRAP_HWBKPT, TRAP_BRKPT... for SIGTRAP). The thread stays stopped until
     ``resume_thread``."""

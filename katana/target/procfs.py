@@ -10,7 +10,7 @@ import bisect
 import os
 import struct
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import TargetError
 
@@ -22,9 +22,11 @@ ET_DYN = 3
 PT_LOAD = 1
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One line of /proc/PID/maps."""
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps. Named tuples, not dataclasses, for the small immutable
+    records of the apply path: a frozen dataclass costs ~0.3 ms to create at import (six
+    generated methods, each compiled), a named tuple a tenth of that, and katana's start-up is
+    mostly its imports."""
 
     start: int
     end: int
@@ -54,8 +56,7 @@ class Mapping:
         return self.start <= addr < self.end
 
 
-@dataclass(frozen=True)
-class Library:
+class Library(NamedTuple):
     """A shared object loaded in the process. ``bias`` is added to its symbol values."""
 
     path: str

@@ -145,10 +145,16 @@ class Process:
         try:
             self._drain()  # stops that came while running: before the clock starts
             started = time.monotonic()
+            held_already = any(th.stopped for th in self._threads.values())
             for tid, th in list(self._threads.items()):
                 if not th.stopped and not th.interrupted:
                     self._interrupt(tid)
-            self._await_stops(None)
+            first = self._await_stops(None)
+            # Held from the first stop seen, not from the first PTRACE_INTERRUPT: on a busy
+            # machine a sleeping thread may wait milliseconds for a CPU to reach its stop,
+            # and the program is no more held during that wait than before it.
+            if not held_already and first is not None:
+                started = first
             if not self._threads:
                 raise TargetError(f"process {self.pid} exited while katana was stopping it")
         except BaseException:
@@ -368,23 +374,26 @@ class Process:
             self._restart(tid)
         return None
 
-    def _await_stops(self, tids: list[int] | None) -> None:
-        """Wait until the threads ``tids`` (None: all, new ones included) are stopped or gone.
+    def _await_stops(self, tids: list[int] | None) -> float | None:
+        """Wait until the threads ``tids`` (None: all, new ones included) are stopped or gone;
+        when the first stop was seen (time.monotonic()), None if none was.
 
         Every thread is polled (WNOHANG) rather than waited for one by one: when the process
         is killed, the leader's exit is reported only after every other thread has been reaped
         (kernel/exit.c, delay_group_leader), so a blocking wait on the leader would never end.
         """
-        delay, idle_since = 0.0, None
+        delay, idle_since, first = 0.0, None, None
         while True:
             pending = [t for t in (self._threads if tids is None else tids)
                        if t in self._threads and not self._threads[t].stopped]
             if not pending:
-                return
+                return first
             progressed = False
             for tid in pending:
                 status = self._waitpid(tid, block=False)
                 if status != 0:
+                    if first is None and status is not None and os.WIFSTOPPED(status):
+                        first = time.monotonic()
                     self._handle(tid, status, stopping=True)
                     progressed = True
             if progressed:
@@ -392,7 +401,7 @@ class Process:
                 continue
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > 0.02 and self._dying():
-                return
+                return first
             if delay:
                 time.sleep(delay)
             else:
@@ -463,12 +472,11 @@ class Process:
             raise TargetError(f"thread {tid} of process {self.pid} has exited")
         if th.stopped:
             return
-        started = time.monotonic()
         if not th.interrupted:
             self._interrupt(tid)
-        self._await_stops([tid])
+        seen = self._await_stops([tid])
         if not self.attached and tid in self._threads:
-            self._alone_since[tid] = started
+            self._alone_since[tid] = seen or time.monotonic()
         if tid not in self._threads:
             raise TargetError(f"thread {tid} of process {self.pid} exited")
 

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# The whole Katana story on the example key-value server, on a fresh machine with python3 and gcc:
-# build and snapshot releases v0 and v1, start the v0 server, show its bug, make the patch,
-# apply it to the running server, show the fix, stop the server.
+# The whole Katana story on the example key-value server, on a fresh machine with python3, gcc
+# and patch. One source tree changes from release to release, in a working copy (demo/):
+#   v0        start the server, show its bug
+#   v0 -> v1  make the patch, apply it to the running server, show the fix; revert; apply again
+#   v1 -> v2  a struct grows: a signed patch moves every live entry to the new layout
+#   status    what the server runs now, and who patched it
+# VERBOSE=1 ./demo.sh prints the compiler command lines too.
 set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+change() { printf '$ patch -p1 < %s\n' "$1"; patch -p1 < "$1"; }
 
 say "setting up (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
+verbose=${VERBOSE:+VERBOSE=1}
 
-say "building and snapshotting releases v0 and v1 (scons release VERSION=...)"
-for v in v0 v1; do scons -Q release VERSION=$v FORCE=1; done
-ls releases/v0
+say "a working copy of the example (demo/): the tree of example_project/src is at v0"
+rm -rf demo && mkdir demo && cp -r SConstruct site_scons example_project demo/
+cd demo
+run scons -Q $verbose release VERSION=v0
 
 say "starting the v0 server"
 log=$(mktemp)
@@ -23,25 +31,60 @@ trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.1; done
 cat "$log"
 port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
-kv=./releases/v0/kv
+kv() { printf '%-14s -> %s\n' "$*" "$(./releases/v0/kv "$port" "$@")"; }
 
 say "the v0 bug: GET ab answers with the value of key a (prefix match)"
-$kv "$port" SET a 1
-$kv "$port" SET color blue
-echo "GET ab  -> $($kv "$port" GET ab)"
+kv SET a 1
+kv SET color blue
+kv GET ab
 
-say "making the patch (scons patch FROM=v0 TO=v1)"
-scons -Q patch FROM=v0 TO=v1
-katana list patches/kvd-v0-v1.po
+say "release v1: the fix, as a change to the tree, built and snapshotted"
+change example_project/changes/v0-v1.diff
+run scons -Q $verbose release VERSION=v1
+run scons -Q patch FROM=v0 TO=v1
+run katana list patches/kvd-v0-v1.po
 
 say "applying it to the running server (pid $server)"
-katana apply patches/kvd-v0-v1.po "$server"
-katana status "$server"
+run katana apply patches/kvd-v0-v1.po "$server"
 
 say "after the patch: same process, same data, bug fixed"
-echo "GET ab    -> $($kv "$port" GET ab)"
-echo "GET color -> $($kv "$port" GET color)"
-echo "SET b\\x01 -> $(printf 'SET b\001 x\n' | $kv "$port" -)"
+kv GET ab
+kv GET color
+kv SET '' 2
 
-say "stopping the server"
+say "revert: the server runs v0 again (the bug is back), then the fix goes back in"
+run katana revert "$server"
+kv GET ab
+run katana -q apply patches/kvd-v0-v1.po "$server"
+kv GET ab
+
+say "release v2: struct entry gains a field (hits) in the middle; a signed patch"
+change example_project/changes/v1-v2.diff
+run scons -Q $verbose release VERSION=v2
+run katana keygen ci
+run scons -Q patch FROM=v1 TO=v2 SIGN_KEY=ci.key
+echo "how the patch moves the live table (katana list, its transformed variables):"
+katana list patches/kvd-v1-v2.po | sed -n '/^Variables transformed/,/^$/p'
+run katana verify patches/kvd-v1-v2.po --key ci.pub
+cat > policy.conf <<'EOF'
+{requireSignature: true, trustedKeys: [ci.pub]}
+EOF
+run cat policy.conf
+cp patches/kvd-v1-v2.po unsigned.po
+echo "an unsigned copy is refused under this policy, before the server is touched:"
+run katana -c policy.conf apply unsigned.po "$server" || echo "(exit status $?)"
+run katana -c policy.conf apply patches/kvd-v1-v2.po "$server"
+
+say "after v2: every entry moved to the new layout, the data stored under v0 is still there"
+kv GET color
+kv GET a
+kv HITS color
+kv STATS
+
+say "what the server runs now, and who patched it"
+run katana status "$server"
+echo "a patch that moved data to a new layout cannot be reverted:"
+run katana revert "$server" || echo "(exit status $?)"
+
+say "stopping the server (the working copy stays in demo/)"
 kill "$server"

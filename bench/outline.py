@@ -67,7 +67,7 @@ int main(int argc, char **argv)
 
 
 def build(variant: str, out: Path) -> Path:
-    src = ROOT / "example_project" / "v0"
+    src = ROOT / "example_project" / "src"  # the tree at v0
     out.mkdir(parents=True, exist_ok=True)
     for f in src.glob("*.[ch]"):
         if f.name not in ("main.c", "client.c", "net.c"):

@@ -11,7 +11,7 @@ def run() -> int:
     # would kill katana with no word: hold them; main() unblocks them once ready.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                               signal.SIGQUIT})
-    if {"apply", "revert", "-p"} & set(sys.argv[1:]):
+    if {"apply", "check", "revert", "-p"} & set(sys.argv[1:]):
         # Ahead of the target's threads before katana's own imports, which are most of its CPU
         # time (see katana.cli._outrank_target; root only, ignored otherwise).
         try:

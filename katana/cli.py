@@ -52,8 +52,8 @@ def exit_code_table() -> str:
 
 
 _QUIET_HELP = ("no progress lines: print only errors, warnings and what the command is asked "
-               "for (what list, status, config and flags show; the summary of generate and of "
-               "'apply ... all')")
+               "for (what list, status, ps, config and flags show; the summary of generate and "
+               "of apply or check over several processes)")
 _VERBOSE_HELP = ("say more: every place rewritten, timings by phase (-vv: debug); overrides the "
                  "configuration's verbosity")
 _CONFIG_HELP = "configuration file read after /etc/katana, ~/.katana, ~/.config/katana, ./.katana"
@@ -82,31 +82,59 @@ class _Command:
 
 _SPECS = {spec.name: spec for spec in (
     _Command("generate", "make a Patch Object from two object trees (-g)",
-             "Compare two builds of a program object by object and write a Patch Object (PO) "
-             "that turns a process running the old build into one running the new. The trees "
+             "Compare two builds of a program (or of a shared library the project builds) object "
+             "by object and write a Patch Object (PO) that turns a process running the old "
+             "build into one running the new. The trees "
              "are release snapshots (releases/<v>/) or build directories; objects built without "
              "the flags patching needs are refused ('katana flags' prints them).",
              ("katana generate -o kvd-v0-v1.po releases/v0 releases/v1 kvd",
-              "katana -g build/v0 build/v1 prog        # writes build/v0/prog.po")),
+              "katana -g build/v0 build/v1 prog        # writes build/v0/prog.po",
+              "katana generate releases/v0 releases/v1 libkv.so   # a library's PO")),
     _Command("list", "show what a Patch Object does (-l)",
              "Print what a PO changes: functions replaced and added, variables added or "
              "transformed (field by field), the safety set, its signature, warnings.",
              ("katana list patches/kvd-v0-v1.po", "katana list --json patches/kvd-v0-v1.po")),
     _Command("apply", "apply a Patch Object to running processes (-p)",
              "Load a PO into running processes through ptrace, at a safe point (no thread "
-             "inside a function it replaces), without restarting them. Every check is made "
+             "inside a function it replaces), without restarting them. A library's PO patches "
+             "the library a process maps, found by its build-id. Every check is made "
              "before the first write; any failure undoes every write.",
              ("katana apply patches/kvd-v0-v1.po 24719",
-              "katana apply patches/kvd-v0-v1.po all   # every process of the PO's program")),
+              "katana apply patches/kvd-v0-v1.po all   # every process of the PO's program",
+              "katana apply patches/libkv.so-v0-v1.po all   # every process mapping libkv.so")),
+    _Command("check", "check that a Patch Object would apply now, without applying it",
+             "Make every verification apply makes, on each process, with no write: the "
+             "signature policy, the build the process runs now (build-id, already applied, "
+             "another program), every symbol the patch uses resolved in this process, and "
+             "which functions of the safety set are in use right now (one stop of every "
+             "thread, as long as one safe-point probe). Exit 0 exactly when apply would go "
+             "ahead now. It cannot foresee whether a function in use returns within "
+             "maxWaitForPatching (it reports it busy: exit 10), the mapping of the patch's "
+             "memory, or a change to the process between the check and the apply.",
+             ("katana check patches/kvd-v0-v1.po 24719",
+              "katana check --json patches/kvd-v0-v1.po all --user svc")),
+    _Command("ps", "list the processes of this host that carry katana patches",
+             "List every process of this host that carries katana patches: its program, the "
+             "build each patched object behaves as now, and each patch (when, by whom), read "
+             "from the processes themselves (no stop). --program NAME adds that program's "
+             "unpatched processes and the build-id each runs. Processes of other users are "
+             "seen by root only.",
+             ("katana ps", "katana ps --program kvd --json")),
     _Command("status", "list the patches applied to a process",
-             "Print the patches applied to a process, oldest first, and what it runs now, read "
-             "from the process itself.", ("katana status 24719", "katana status --json 24719")),
+             "Print the patches applied to a process, per object (its program, each library "
+             "patched), oldest first, and what each runs now, read from the process itself.",
+             ("katana status 24719", "katana status --json 24719")),
     _Command("revert", "undo the most recent patch applied to a process",
-             "Undo the newest patch of a process once none of its code is in use. A patch "
-             "that moved data to a new layout cannot be reverted.", ("katana revert 24719",)),
+             "Undo the newest patch of a process once none of its code is in use; with "
+             "PATCH (a PO file or its sha256's first digits, as status shows), that patch, "
+             "refused while later patches of the same object depend on it; with --all, every "
+             "patch, newest first. A patch that moved data to a new layout cannot be "
+             "reverted. With nothing to revert, exit 14.",
+             ("katana revert 24719", "katana revert 24719 patches/kvd-v1-v2.po",
+              "katana revert 24719 --all")),
     _Command("config", "print the effective configuration and where each value comes from",
              "Print every configuration key, its effective value and the file that set it "
-             "(or 'default').", ("katana config", "katana -c ./ops.katana config")),
+             "(or 'default').", ("katana config", "katana -c ./ops.katana config --json")),
     _Command("keygen", "make an Ed25519 key pair: NAME.key (private, mode 0600) and NAME.pub",
              "Make a key pair to sign Patch Objects with.", ("katana keygen ci",)),
     _Command("sign", "sign a Patch Object: writes PATCH.sig",
@@ -149,6 +177,19 @@ def _add_command(sub, name: str, common: argparse.ArgumentParser) -> argparse.Ar
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout, on "
+                   "success and failure alike (docs/json.md, schema 1)")
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", metavar="USER", help="with 'all': only the processes of this user "
+                   "(a name or a uid)")
+    p.add_argument("--exe", type=Path, metavar="PATH", help="with 'all': only the processes "
+                   "running this executable file")
+    _json_option(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="katana", description="Hot patches as build artifacts: generate a Patch "
                 "Object from two builds, look inside it, apply it to a running process. "
@@ -175,12 +216,14 @@ def _parser() -> argparse.ArgumentParser:
                    "that runs now (a snapshot or a build directory)")
     g.add_argument("new_dir", type=Path, metavar="NEW_DIR", help="the tree of the build to "
                    "patch to, with the same layout")
-    g.add_argument("program", metavar="EXE", help="the program, relative to the trees")
+    g.add_argument("program", metavar="EXE", help="the program (or shared library, "
+                   "libkv.so), relative to the trees")
+    _json_option(g)
 
     ls = _add_command(sub, "list", common)
     ls.add_argument("patch", type=Path, metavar="PATCH", help="the Patch Object (.po)")
     ls.add_argument("--disasm", action="store_true", help="old and new code side by side")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    _json_option(ls)
 
     a = _add_command(sub, "apply", common)
     a.add_argument("-s", "--stopped", action="store_true",
@@ -188,15 +231,32 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("patch", type=Path, metavar="PATCH", help="the Patch Object (.po)")
     a.add_argument("pids", nargs="+", metavar="PID", help="process ids, or 'all' for every "
                    "process running the patch's program")
+    _target_options(a)
+
+    ck = _add_command(sub, "check", common)
+    ck.add_argument("patch", type=Path, metavar="PATCH", help="the Patch Object (.po)")
+    ck.add_argument("pids", nargs="+", metavar="PID", help="process ids, or 'all' for every "
+                    "process running the patch's program")
+    _target_options(ck)
+
+    ps = _add_command(sub, "ps", common)
+    ps.add_argument("--program", metavar="NAME", help="also list this program's unpatched "
+                    "processes (NAME: the executable's file name)")
+    _json_option(ps)
 
     st = _add_command(sub, "status", common)
     st.add_argument("pid", type=int, metavar="PID", help="the process id")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    _json_option(st)
 
     r = _add_command(sub, "revert", common)
     r.add_argument("pid", type=int, metavar="PID", help="the process id")
+    r.add_argument("patch", nargs="?", metavar="PATCH", help="the patch to revert: its PO "
+                   "file, or the first digits (4 or more) of its sha256 (default: the newest)")
+    r.add_argument("--all", dest="every", action="store_true", help="revert every patch of "
+                   "the process, newest first")
+    _json_option(r)
 
-    _add_command(sub, "config", common)
+    _json_option(_add_command(sub, "config", common))
 
     k = _add_command(sub, "keygen", common)
     k.add_argument("name", type=Path, metavar="NAME", help="path of the pair without suffix: "
@@ -247,6 +307,11 @@ def _translate_original(argv: list[str]) -> list[str]:
 
 
 def _cmd_config(args: argparse.Namespace, config) -> int:
+    if args.report is not None:
+        args.report.update(file=str(args.config) if args.config else None, settings={
+            key: {"value": list(value) if isinstance(value, tuple) else value, "source": source}
+            for key, value, source in config.items()})
+        return 0
     for key, value, source in config.items():
         print(f"{key:28} {json.dumps(value):12} {source}")
     return 0
@@ -257,8 +322,22 @@ def _cmd_generate(args: argparse.Namespace, config) -> int:
 
     output = args.output or default_output(args.old_dir, args.new_dir, args.program,
                                            args.from_label, args.to_label)
+    if args.report is not None:
+        args.report.update(written=[])
     summary = generate_patch(args.old_dir, args.new_dir, args.program, output,
                              args.from_label, args.to_label)
+    if args.report is not None:
+        m = summary.po.meta
+        args.report.update(written=[{
+            "path": str(summary.output), "object": m.program,
+            "kind": getattr(m, "kind", "program"), "from": m.from_label, "to": m.to_label,
+            "from_build_id": m.from_build_id, "to_build_id": m.to_build_id,
+            "functions": [{"name": f.name, "status": f.status} for f in m.functions],
+            "variables": [{"name": v.name, "status": v.status} for v in m.variables],
+            "warnings": list(m.warnings)}])
+        for warning in m.warnings:
+            print(f"katana: warning: {warning}", file=sys.stderr)
+        return 0
     for line in summary.lines():
         print(line)
     return 0
@@ -290,8 +369,8 @@ def _cmd_list(args: argparse.Namespace, config) -> int:
     except KeyFileError as e:  # a broken trustedKeys entry hides the trust, not the listing
         print(f"katana: warning: trust not shown: {e.message}", file=sys.stderr)
         signature = describe(args.patch, config, extra_keys={})
-    if args.json:
-        print(json.dumps(render_json(po, signature=signature), indent=2))
+    if args.report is not None:
+        args.report.update(**render_json(po, signature=signature))
     else:
         print(render_text(po, disasm=args.disasm, signature=describe_text(signature)), end="")
     return 0
@@ -360,21 +439,40 @@ def _outrank_target() -> None:
 
 def _cmd_apply(args: argparse.Namespace, config) -> int:
     from katana.live.command import apply_command
+    from katana.live.targets import selection
 
     return apply_command(args.patch, args.pids, config, leave_stopped=args.stopped,
-                         verbosity=_verbosity(args, config))
+                         verbosity=_verbosity(args, config), report=args.report,
+                         chosen=selection(args.user, args.exe))
+
+
+def _cmd_check(args: argparse.Namespace, config) -> int:
+    from katana.live.check import check_command
+    from katana.live.targets import selection
+
+    return check_command(args.patch, args.pids, config, verbosity=_verbosity(args, config),
+                         report=args.report, chosen=selection(args.user, args.exe))
+
+
+def _cmd_ps(args: argparse.Namespace, config) -> int:
+    from katana.live.ps import ps_command
+
+    return ps_command(args.program, report=args.report)
 
 
 def _cmd_status(args: argparse.Namespace, config) -> int:
     from katana.live.status import status_command
 
-    return status_command(args.pid, as_json=args.json)
+    return status_command(args.pid, report=args.report)
 
 
 def _cmd_revert(args: argparse.Namespace, config) -> int:
     from katana.live.revert import revert_command
 
-    return revert_command(args.pid, config, verbosity=_verbosity(args, config))
+    if args.every and args.patch:
+        raise UsageError("give a PATCH or --all, not both", hint="see 'katana revert --help'")
+    return revert_command(args.pid, config, verbosity=_verbosity(args, config),
+                          patch=args.patch, every=args.every, report=args.report)
 
 
 def _cmd_flags(args: argparse.Namespace, config) -> int:
@@ -432,9 +530,10 @@ def _cmd_man(args: argparse.Namespace, config) -> int:
     return 0
 
 
-_CONFIGURED = {"config", "apply", "revert", "verify"}
+_CONFIGURED = {"config", "apply", "check", "revert", "verify"}
 _COMMANDS = {"config": _cmd_config, "generate": _cmd_generate, "list": _cmd_list,
-             "apply": _cmd_apply, "status": _cmd_status, "revert": _cmd_revert,
+             "apply": _cmd_apply, "check": _cmd_check, "ps": _cmd_ps,
+             "status": _cmd_status, "revert": _cmd_revert,
              "keygen": _cmd_keygen, "sign": _cmd_sign, "verify": _cmd_verify,
              "flags": _cmd_flags, "completion": _cmd_completion, "man": _cmd_man}
 
@@ -479,13 +578,22 @@ def _wants_trace(argv: list[str]) -> bool:
     return any(a == "--verbose" or (len(a) > 1 and a.strip("v") == "-") for a in argv)
 
 
-def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _run(argv: list[str], state: dict) -> int:
+    from katana.jsonout import Report, guess_command
+
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError:
+        if "--json" in argv:  # the caller still gets its one object
+            state["report"] = Report(guess_command(argv, _COMMANDS))
+        raise
     if args.command is None:
         _parser().print_help()
         return 2
+    args.report = Report(args.command) if getattr(args, "json", False) else None
+    state["report"] = args.report
     _merge_common(args)
-    if args.command in ("apply", "revert"):
+    if args.command in ("apply", "check", "revert"):
         _outrank_target()  # before the imports: they are most of katana's CPU time
     from katana.config import Config, load_config
 
@@ -497,6 +605,9 @@ def _run(argv: list[str]) -> int:
         for warning in config.warnings:
             print(f"katana: warning: {warning}", file=sys.stderr)
     code = _COMMANDS[args.command](args, config)
+    if args.report is not None:
+        args.report.emit(code)
+        state["report"] = None  # printed: an error from here on is not the command's
     sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
     return code
 
@@ -532,26 +643,43 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     argv = _translate_original(sys.argv[1:] if argv is None else argv)
+    state: dict = {}
     try:
-        return _run(argv)
-    except KatanaError as e:  # a handled refusal: one line (and a hint), never a trace
+        return _run(argv, state)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            return _failed(state, _internal_error(argv))
+        _quiet_stdout()
+        return BROKEN_PIPE_EXIT
+    except (KatanaError, KeyboardInterrupt, Terminated, Exception) as e:
+        return _failed(state, _refused(e, argv), e)
+
+
+def _refused(e: BaseException, argv: list[str]) -> int:
+    """Say why the command failed, on stderr; its exit code."""
+    if isinstance(e, KatanaError):  # a handled refusal: one line (and a hint), never a trace
         print(f"katana: error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"katana: hint: {e.hint}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    if isinstance(e, KeyboardInterrupt):
         print("katana: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
-    except Terminated as e:
+    if isinstance(e, Terminated):
         print(f"katana: terminated by {e}", file=sys.stderr)
         return 128 + e.signum
-    except BrokenPipeError:
-        if not _stdout_closed():
-            return _internal_error(argv)
-        _quiet_stdout()
-        return BROKEN_PIPE_EXIT
-    except Exception:  # a bug in katana, never a user's mistake: say so, keep the trace
-        return _internal_error(argv)
+    return _internal_error(argv)  # a bug in katana, never a user's mistake: keep the trace
+
+
+def _failed(state: dict, code: int, error: BaseException | None = None) -> int:
+    """Under --json, the one object is printed on failure too (docs/json.md)."""
+    report = state.get("report")
+    if report is not None:
+        try:
+            report.emit(code, error)
+        except (OSError, ValueError):
+            pass  # stdout is gone: the exit code alone tells
+    return code
 
 
 def _internal_error(argv: list[str]) -> int:

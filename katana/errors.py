@@ -12,6 +12,7 @@ class KatanaError(Exception):
     """Root of every error Katana reports to a user."""
 
     exit_code = 1
+    kind = "error"  # its name in --json (docs/json.md)
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -26,60 +27,71 @@ class UsageError(KatanaError):
     """The command line was wrong."""
 
     exit_code = 2
+    kind = "usage"
 
 
 class ConfigError(KatanaError):
     """A configuration file is malformed or holds a bad value."""
 
     exit_code = 3
+    kind = "config"
 
 
 class BuildError(KatanaError):
     """The build does not meet what patching needs (flags, snapshots)."""
 
     exit_code = 4
+    kind = "build"
 
 
 class GenerateError(KatanaError):
     """Two object trees cannot be turned into a patch."""
 
     exit_code = 5
+    kind = "generate"
 
 
 class NoChangeError(GenerateError):
     """The two versions differ in no function or data that a patch could carry."""
 
     exit_code = 6
+    kind = "no-change"
 
 
 class FormatError(KatanaError):
     """A Patch Object (or another input file) is damaged or of an unknown format."""
 
     exit_code = 7
+    kind = "format"
 
 
 class TargetError(KatanaError):
     """The target process cannot be inspected or traced."""
 
     exit_code = 8
+    kind = "target"
 
 
 class MismatchError(KatanaError):
     """The patch was made for another build than the one the process runs."""
 
     exit_code = 9
+    kind = "mismatch"
 
 
 class BusyError(KatanaError):
     """No safe point came before the deadline: a function to replace stayed in use."""
 
     exit_code = 10
+    kind = "busy"
+    busy: list[str] = []  # the functions found in use (set where it is raised)
 
 
 class ApplyError(KatanaError):
     """Applying (or reverting) failed; every change to the target was undone."""
 
     exit_code = 11
+    kind = "apply"
 
 
 class SignatureError(KatanaError):
@@ -87,12 +99,25 @@ class SignatureError(KatanaError):
     after it was signed, or signed by a key that is not trusted. Nothing was touched."""
 
     exit_code = 12
+    kind = "signature"
 
 
 class KeyFileError(KatanaError):
     """A signing or trusted key file is missing, unreadable, damaged or not protected."""
 
     exit_code = 13
+    kind = "key"
+
+
+class NothingToRevertError(KatanaError):
+    """There was nothing to revert: the process carries no katana patch (or not that one)."""
+
+    exit_code = 14
+    kind = "nothing-to-revert"
+
+
+class AlreadyAppliedError(MismatchError):
+    """The process already runs the build the patch leads to: nothing to do."""
 
 
 INTERNAL_ERROR_EXIT = 70
@@ -124,6 +149,21 @@ def exit_codes() -> list[tuple[int, str]]:
         first = doc.split(". ")[0].rstrip(".")
         codes[cls.exit_code] = first[:1].lower() + first[1:]
     return sorted(codes.items())
+
+
+def kind_of(code: int) -> str:
+    """The name ``--json`` gives an exit code (docs/json.md): the class's ``kind``."""
+    if code == INTERNAL_ERROR_EXIT:
+        return "internal"
+    if code == INTERRUPTED_EXIT or code > 128:
+        return "interrupted"
+    pending: list[type[KatanaError]] = [KatanaError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.exit_code == code:
+            return cls.kind
+        pending += cls.__subclasses__()
+    return "error"
 
 
 class Terminated(BaseException):

@@ -106,6 +106,8 @@ def _header(out: _Out, po: PatchObject, signature: str | None = None) -> None:
             f"  from        {meta.from_label:<{label_width}}   build-id {meta.from_build_id}",
             f"  to          {meta.to_label:<{label_width}}   build-id {meta.to_build_id}",
             f"  format      {meta.format_version}{generator}",
+            "  object      " + (f"shared library (soname {meta.soname or 'none'})"
+                                 if meta.kind == "library" else "program"),
             f"  executable  {'PIE' if meta.pie else 'non-PIE (fixed addresses)'}",
             f"  functions   {n['functions_replaced']} replaced, {n['functions_added']} added",
             f"  variables   {n['variables_added']} added, {n['variables_transformed']} "
@@ -391,7 +393,8 @@ def render_json(po: PatchObject, code: bool = False,
     """The listing as JSON-able data, with the same keys for every patch (None where nothing
     applies; ``code`` adds the bytes).
 
-    Keys: ``program``, ``pie``, ``format_version``, ``generator``; ``from`` and ``to``, each
+    Keys: ``program``, ``kind`` ("program"|"library"), ``soname`` (a library's, else None),
+    ``pie``, ``format_version``, ``generator``; ``from`` and ``to``, each
     ``{label, build_id}`` (hex); ``summary``: counts ``functions_replaced``, ``functions_added``,
     ``variables_added``, ``variables_transformed``, ``variables_kept``, ``warnings``;
     ``functions``: list of ``{name, old_name, object, status ("changed"|"added"), local, file,
@@ -407,7 +410,7 @@ def render_json(po: PatchObject, code: bool = False,
     """
     meta = po.meta
     return {
-        "program": meta.program, "pie": meta.pie,
+        "program": meta.program, "kind": meta.kind, "soname": meta.soname, "pie": meta.pie,
         "format_version": meta.format_version, "generator": meta.generator,
         "from": {"label": meta.from_label, "build_id": meta.from_build_id},
         "to": {"label": meta.to_label, "build_id": meta.to_build_id},

@@ -31,8 +31,10 @@ def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
 
     Sources are copied first so that objects of every version are built from the same path
     (as the SCons tool arranges with -ffile-prefix-map). ``cflags`` are added to every compile
-    (a -D, or an -O3 flag a scenario needs)."""
+    (a -D, or an -O3 flag a scenario needs). A ``link-libs`` file in ``src`` holds libraries
+    the link needs (``-lm``)."""
     out.mkdir(parents=True, exist_ok=True)
+    libs = (src / "link-libs").read_text().split() if (src / "link-libs").is_file() else []
     pic = ["-fPIE"] if pie else ["-fno-pie"]
     objects = []
     for c in sorted(src.glob("*.c")):
@@ -44,7 +46,7 @@ def build_version(src: Path, out: Path, program: str = "prog", pie: bool = True,
         subprocess.run(["gcc", *CFLAGS, *cflags, *pic, f"-ffile-prefix-map={out}=.", "-c", c.name,
                         "-o", obj.name], cwd=out, check=True)
         objects.append(obj.name)
-    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, "-o", program],
+    subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", *objects, *libs, "-o", program],
                    cwd=out, check=True)
     return out / program
 
@@ -189,3 +191,34 @@ def changed_runs(before: tuple[int, bytes], after: tuple[int, bytes]) -> list[tu
         else:
             i += 1
     return runs
+
+
+def build_library_version(src: Path, out: Path, pie: bool = True,
+                          cflags: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Build a library scenario's version: ``lib<name>.c`` into ``lib<name>.so`` (-fPIC, its
+    soname), and every other .c into a program of its name, linked against the libraries and
+    finding them in its own directory (rpath $ORIGIN), as a project ships them. Name -> file."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.[ch]")):
+        shutil.copy(f, out / f.name)
+    built: dict[str, Path] = {}
+
+    def cc(c: Path, pic: list[str]) -> str:
+        obj = c.with_suffix(".o").name
+        subprocess.run(["gcc", *CFLAGS, *cflags, *pic, f"-ffile-prefix-map={out}=.", "-c",
+                        c.name, "-o", obj], cwd=out, check=True)
+        return obj
+
+    libs = sorted(out.glob("lib*.c"))
+    for c in libs:
+        name = c.with_suffix(".so").name
+        subprocess.run(["gcc", *LDFLAGS, "-shared", f"-Wl,-soname,{name}", cc(c, ["-fPIC"]),
+                        "-o", name], cwd=out, check=True)
+        built[name] = out / name
+    for c in sorted(set(out.glob("*.c")) - set(libs)):
+        obj = cc(c, ["-fPIE"] if pie else ["-fno-pie"])
+        subprocess.run(["gcc", *LDFLAGS, "-pie" if pie else "-no-pie", obj, "-o", c.stem,
+                        "-L.", *(f"-l{lib.stem[3:]}" for lib in libs), "-ldl",
+                        "-Wl,-rpath,$ORIGIN"], cwd=out, check=True)
+        built[c.stem] = out / c.stem
+    return built

@@ -1,4 +1,5 @@
-"""The example server kvd and its client kv (example_project/v0, v1, v2).
+"""The example server kvd and its client kv, at each release (example_project/src at v0, and
+the changes/ that take it to v1 and v2).
 
 Each release is compiled here with plain gcc (the SCons path is tested elsewhere; one test below
 only checks that example_project/SConscript builds both programs), started on an ephemeral port
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from exampletree import RELEASES, advance, checkout
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example_project"
@@ -62,8 +64,7 @@ def build_release(version, src, out, extra_flags=()):
     Every release is compiled from the same SRC path, so that paths recorded in the debug info
     are the same and an unchanged source must give a byte-identical object.
     """
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(EXAMPLE / version, src)
+    checkout(version, src)
     out.mkdir()
     sources = sorted(p.name for p in src.glob("*.c"))
     objects = {name: out / name.replace(".c", ".o") for name in sources}
@@ -635,18 +636,25 @@ def test_kv_reports_a_broken_reply(builds, answer, error):
 
 # --- the releases as a hot patch sees them ----------------------------------------------------
 
-def changed_sources(old, new):
-    """Names of the files that differ between two releases' source directories."""
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """version -> a directory holding the sources of that release."""
+    root = tmp_path_factory.mktemp("trees")
+    return {version: checkout(version, root / version) for version in RELEASES}
+
+
+def changed_sources(trees, old, new):
+    """Names of the files that differ between two releases' sources."""
     def contents(version):
-        return {p.name: p.read_bytes() for p in (EXAMPLE / version).iterdir()}
+        return {p.name: p.read_bytes() for p in trees[version].iterdir()}
 
     a, b = contents(old), contents(new)
     return {name for name in a.keys() | b.keys() if a.get(name) != b.get(name)}
 
 
-def test_each_release_changes_only_what_it_says():
-    assert changed_sources("v0", "v1") == {"main.c", "protocol.c", "store.c"}
-    assert changed_sources("v1", "v2") == {"main.c", "protocol.c", "store.c", "store.h"}
+def test_each_release_changes_only_what_it_says(trees):
+    assert changed_sources(trees, "v0", "v1") == {"main.c", "protocol.c", "store.c"}
+    assert changed_sources(trees, "v1", "v2") == {"main.c", "protocol.c", "store.c", "store.h"}
 
 
 def sections(path):
@@ -664,8 +672,8 @@ def differing_sections(old, new):
 
 
 @pytest.mark.parametrize("old,new", [("v0", "v1"), ("v1", "v2")])
-def test_unchanged_sources_compile_to_identical_objects(builds, old, new):
-    changed = changed_sources(old, new)
+def test_unchanged_sources_compile_to_identical_objects(builds, trees, old, new):
+    changed = changed_sources(trees, old, new)
     for source, obj in builds[old].objects.items():
         same = obj.read_bytes() == builds[new].objects[source].read_bytes()
         assert same == (source not in changed), source
@@ -686,16 +694,16 @@ def test_v1_changes_store_in_one_function_and_main_not_at_all(builds):
 @pytest.mark.scons
 def test_sconscript_builds_both_programs(tmp_path):
     shutil.copytree(EXAMPLE, tmp_path / "example_project")
+    advance(tmp_path, "v1")
     (tmp_path / "SConstruct").write_text(
-        "programs = SConscript('example_project/SConscript',\n"
-        "                      exports={'env': Environment(), 'VERSION': 'v1'})\n"
+        "programs = SConscript('example_project/SConscript', exports={'env': Environment()})\n"
         "print('PROGRAMS', ' '.join(sorted(str(p) for p in programs)))\n")
     result = subprocess.run([sys.executable, "-m", "SCons", "-Q"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PROGRAMS build/v1/kv build/v1/kvd" in result.stdout
+    assert "PROGRAMS build/kv build/kvd" in result.stdout
     assert "-O2 -Wall" in result.stdout
-    proc = subprocess.Popen([tmp_path / "build/v1/kvd"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([tmp_path / "build/kvd"], stdout=subprocess.PIPE)
     try:
         assert read_line(proc.stdout, TIMEOUT).startswith("kvd v1 listening on 127.0.0.1:")
     finally:

@@ -1,5 +1,5 @@
-"""``katana flags``: the SCons tool's flags for make and CMake builds, and a make project built
-with them twice and patched live."""
+"""``katana flags``: the SCons tool's flags for make and CMake builds (a make project built with
+them and patched live: test_make_project.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from livekit import Live
 
 from katana.build import flags as buildflags
 
@@ -116,83 +115,3 @@ def test_cmake_builds_in_two_directories_give_the_same_objects(tmp_path: Path):
         objects.append((tmp_path / build / "CMakeFiles/prog.dir/main.c.o").read_bytes())
     assert objects[0] == objects[1]
     assert str(tmp_path).encode() not in objects[0]
-
-
-# -- a make project, built with `katana flags` twice and patched live ---------------------------
-
-MAKEFILE = """\
-BUILD ?= build
-$(BUILD)/prog: $(BUILD)/main.o $(BUILD)/calc.o
-\t$(CC) $(LDFLAGS) $^ -o $@
-$(BUILD)/%.o: src/%.c src/calc.h
-\t@mkdir -p $(BUILD)
-\t$(CC) $(CFLAGS) -c $< -o $@
-"""
-MAIN_C = """\
-#include <stdio.h>
-#include <unistd.h>
-#include "calc.h"
-
-int main(void)
-{
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    for (int tick = 1;; tick++) {
-        printf("tick %d result %d\\n", tick, compute(tick));
-        usleep(20000);
-    }
-}
-"""
-CALC_C = {"v0": "int compute(int x)\n{\n    return x + 1000;\n}\n",
-          "v1": "int compute(int x)\n{\n    return x + 2000;\n}\n"}
-# what the Makefile's recipes run, for a machine without make (the same flags, the same paths)
-BY_HAND = ("mkdir -p $BUILD && for c in main calc; do cc $CFLAGS -c src/$c.c -o $BUILD/$c.o; "
-           "done && cc $LDFLAGS $BUILD/main.o $BUILD/calc.o -o $BUILD/prog")
-
-
-def make_version(project: Path, version: str) -> Path:
-    """Check out ``version`` in place (one source path for every version) and build it into
-    build/<version> with the flags `katana flags` prints, as the docs tell a make user to."""
-    (project / "src" / "calc.c").write_text(CALC_C[version])
-    build = f"build/{version}"
-    if shutil.which("make"):
-        command = (f'make BUILD={build} CFLAGS="-O2 $(katana flags --cflags)" '
-                   f'LDFLAGS="$(katana flags --ldflags)"')
-    else:
-        command = (f'BUILD={build} CFLAGS="-O2 $(katana flags --cflags)" '
-                   f'LDFLAGS="$(katana flags --ldflags)"; {BY_HAND}')
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["sh", "-c", command], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return project / build / "prog"
-
-
-def katana_in(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "katana", *args], cwd=project,
-                          capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.live
-def test_a_make_project_built_with_katana_flags_is_patched_live(tmp_path: Path):
-    project = tmp_path / "calc"
-    (project / "src").mkdir(parents=True)
-    (project / "Makefile").write_text(MAKEFILE)
-    (project / "src" / "main.c").write_text(MAIN_C)
-    (project / "src" / "calc.h").write_text("int compute(int x);\n")
-    v0 = make_version(project, "v0")
-    make_version(project, "v1")
-    made = katana_in(project, "generate", "-o", "calc-v0-v1.po", "build/v0", "build/v1", "prog")
-    assert made.returncode == 0, made.stderr
-    assert "compute" in katana_in(project, "list", "calc-v0-v1.po").stdout
-    live = Live([str(v0)])
-    try:
-        live.wait_for(r"tick 3 result 1003")
-        applied = katana_in(project, "apply", "calc-v0-v1.po", str(live.pid))
-        assert applied.returncode == 0, applied.stderr
-        after = live.mark()
-        tick = int(live.wait_for(r"tick (\d+) result (\d+)", after=after).group(1))
-        # v1 from the first line printed after apply returned, the tick count going on
-        match = live.wait_for(rf"tick {tick + 1} result (\d+)", after=after)
-        assert int(match.group(1)) == tick + 1 + 2000
-    finally:
-        live.kill()

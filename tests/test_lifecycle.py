@@ -66,7 +66,7 @@ def test_stacked_then_reverted_step_by_step(stacked):
         tick4, result = _result(live, live.mark())
         assert result == tick4 * 2 and tick4 > tick3
         nothing = katana("revert", str(live.pid))
-        assert nothing.returncode == 11 and "no katana patch" in nothing.stderr
+        assert nothing.returncode == 14 and "no katana patch" in nothing.stderr
         assert live.alive()
     finally:
         live.kill()

@@ -24,6 +24,7 @@ from katana.po import (
     FunctionRef,
     Meta,
     PatchObject,
+    PatchTarget,
     Reloc,
     Section,
     Symbol,
@@ -626,3 +627,20 @@ def test_metadata_without_cfi_reads(rich_bytes):
     bad = copy.deepcopy(meta)
     bad["cfi"] = {"9999": "00"}
     assert _outcome(_with_meta(rich_bytes, json.dumps(bad).encode())) == "error"
+
+
+def test_a_library_target_round_trips_and_a_program_po_is_unchanged(rich, rich_bytes):
+    """A library's PO records its object (target); a program's PO has no target key, so its
+    bytes and digest are what they were before the field existed."""
+    assert "target" not in _meta_of(rich_bytes)
+    library = copy.deepcopy(rich)
+    library.meta.target = PatchTarget("library", "libkv.so")
+    raw = po_bytes(library)
+    assert _meta_of(raw)["target"] == {"kind": "library", "soname": "libkv.so"}
+    back = read_po(raw)
+    assert (back.meta.kind, back.meta.soname) == ("library", "libkv.so")
+    assert read_po(rich_bytes).meta.kind == "program"
+    assert back.meta.digest != read_po(rich_bytes).meta.digest
+    meta = _meta_of(raw)
+    meta["target"]["soname"] = "libother.so"  # the digest covers it
+    assert _outcome(_with_meta(raw, json.dumps(meta).encode())) == "error"

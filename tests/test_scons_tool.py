@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import SCons.Environment
 import SCons.Errors
 from elftools.elf.elffile import ELFFile
+from exampletree import advance, copy_project
 
 from katana.build import flags as buildflags
 from katana.build import scons_tool
@@ -65,6 +65,25 @@ def test_loaded_before_default_the_tool_cannot_do_its_job(tmp_path):
     assert "-Wl,--emit-relocs" not in env.subst("$LINKFLAGS").split()
     assert buildflags.LIVE_PATCHING not in compile_args(env, tmp_path)
     assert buildflags.LIVE_PATCHING in compile_args(katana_env(), tmp_path, "y")
+
+
+@pytest.mark.scons
+def test_loaded_first_the_tool_still_completes_the_command_lines(tmp_path):
+    # what docs/scons-tool.md says of tools=['katana', 'default'] in a real SConstruct: the
+    # environment lacks the link flags until a target is declared; the command lines do not
+    (tmp_path / "m.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "SConstruct").write_text(
+        "import katana.build.scons_tool\n"
+        "env = Environment(tools=['katana', 'default'],\n"
+        "                  toolpath=[katana.build.scons_tool.TOOLPATH])\n"
+        "print('LINKFLAGS=' + env.subst('$LINKFLAGS'))\n"
+        "env.Program('m', ['m.c'])\n")
+    out = ok(scons(tmp_path)).stdout
+    assert "LINKFLAGS=\n" in out
+    compile_line = next(line for line in out.splitlines() if " -c " in line)
+    link_line = next(line for line in out.splitlines() if line.startswith("gcc -o m "))
+    assert buildflags.LIVE_PATCHING in compile_line.split()
+    assert {"-Wl,--emit-relocs", "-Wl,--build-id=sha1"} <= set(link_line.split())
 
 
 def test_a_users_string_flags_are_not_doubled(tmp_path):
@@ -184,8 +203,18 @@ def test_programs_record_their_objects_in_link_order(tmp_path):
     assert [o.name for o in objects] == ["main.o", "store.o", "net.o"]
     kind, objects = lib.attributes.katana_linked
     assert kind == "shared_library" and [o.name for o in objects] == ["util.os"]
+    plugin = env.LoadableModule(str(tmp_path / "plugin"), [str(tmp_path / "plug.c")])[0]
+    kind, objects = plugin.attributes.katana_linked
+    assert kind == "shared_library" and [o.name for o in objects] == ["plug.os"]
     release = env.Alias("release")[0]
-    assert {prog, lib} <= set(release.sources)
+    assert {prog, lib, plugin} <= set(release.sources)
+
+
+def test_library_objects_are_position_independent(tmp_path):
+    env = katana_env()
+    env.Replace(SHCCFLAGS=["$CCFLAGS"])  # a project that dropped SCons's own -fPIC
+    env.SharedLibrary(str(tmp_path / "libutil"), [str(tmp_path / "util.c")])
+    assert "-fPIC" in env.subst("$SHCCFLAGS").split()
 
 
 def fake_compiler(tmp_path, name, version_text, dumpversion):
@@ -470,26 +499,27 @@ def test_patch_from_a_damaged_snapshot_fails_cleanly(project):
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("repo")
-    for name in ("SConstruct", "site_scons", "example_project"):
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, root / name)
-    return root
+    return copy_project(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.mark.scons
-def test_repository_sconstruct_builds_the_newest_version(repo_copy):
-    newest = sorted((p.name for p in (REPO / "example_project").iterdir() if p.is_dir()),
-                    key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
-    ok(scons(repo_copy))
-    assert (repo_copy / "build" / newest[-1] / "kvd").is_file()
-    result = scons(repo_copy, "VERSION=v99")
-    assert result.returncode == 2 and "no example_project/v99/" in result.stdout
+def test_repository_sconstruct_builds_the_tree_quietly(repo_copy):
+    out = ok(scons(repo_copy)).stdout
+    assert (repo_copy / "build" / "kvd").is_file() and (repo_copy / "build" / "kv").is_file()
+    assert "compile example_project/src/store.c" in out and "link build/kvd" in out
+    assert "gcc" not in out
+    ok(scons(repo_copy, "-c"))
+    assert "-ffunction-sections" in ok(scons(repo_copy, "VERBOSE=1")).stdout
+    # the tree is at v0: a release named otherwise is refused, naming the change to apply
+    result = scons(repo_copy, "release", "VERSION=v1")
+    assert result.returncode == 2 and "example_project/changes/v0-v1.diff" in result.stdout
 
 
 @pytest.mark.scons
 def test_repository_release_and_patch(repo_copy):
     for version in ("v0", "v1"):
+        if version != "v0":
+            advance(repo_copy, version)
         out = ok(scons(repo_copy, "release", f"VERSION={version}")).stdout
         assert f"releases/{version} written: kv, kvd" in out or \
             f"releases/{version} written: kvd, kv" in out
@@ -499,7 +529,9 @@ def test_repository_release_and_patch(repo_copy):
     assert manifest["programs"]["kv"]["objects"] == ["client.o"]
     out = ok(scons(repo_copy, "patch", "FROM=v0", "TO=v1")).stdout
     assert (repo_copy / "patches" / "kvd-v0-v1.po").is_file()
-    assert "kv v0 -> v1: no functional change, no patch written" in out
+    # kv's sources did not change: one tree, built twice, links the same bytes
+    assert "kv v0 -> v1: the same build, no patch for it" in out
+    assert not (repo_copy / "patches" / "kv-v0-v1.po").exists()
     # the PO depends on the two snapshots only: nothing changed, nothing is generated again
     again = ok(scons(repo_copy, "patch", "FROM=v0", "TO=v1")).stdout
     assert "patch patches/kvd-v0-v1.po" not in again

@@ -142,6 +142,15 @@ def _require_flags(env) -> None:
         if want:
             placed[flag] = want
     env["_KATANA_PLACED"] = placed
+    _require_pic(env)
+
+
+def _require_pic(env) -> None:
+    """Objects of a shared library are position independent: SCons's SHCCFLAGS says -fPIC by
+    default, but a project may have replaced it, and a library then fails to link (or, with
+    -fpie objects, links code the patch cannot be placed next to)."""
+    if not any(arg in ("-fPIC", "-fpic") for arg in _args(env, "SHCCFLAGS")):
+        _append(env, "SHCCFLAGS", "-fPIC")
 
 
 def _refuse_flags(env) -> None:
@@ -186,7 +195,9 @@ _shlib_emitter = _linked_emitter("shared_library")
 
 
 def _add_emitters(env) -> None:
-    env.AppendUnique(PROGEMITTER=[_program_emitter], SHLIBEMITTER=[_shlib_emitter])
+    # LoadableModule (a plugin the program dlopen()s) is a shared library to katana
+    env.AppendUnique(PROGEMITTER=[_program_emitter], SHLIBEMITTER=[_shlib_emitter],
+                     LDMODULEEMITTER=[_shlib_emitter])
     for builder in SCons.Tool.createObjBuilders(env):
         for suffix, emitter in list(builder.emitter.items()):
             if isinstance(emitter, SCons.Builder.ListEmitter) and _object_emitter in emitter:
@@ -264,7 +275,8 @@ def _command_line(env) -> None:
 _HELP = """
 Katana (hot patches):
     scons release VERSION=v1      build the programs, snapshot them into releases/v1/
-    scons patch FROM=v0 TO=v1     write patches/<program>-v0-v1.po from two snapshots
+    scons patch FROM=v0 TO=v1     write patches/<program>-v0-v1.po from two snapshots,
+                                  one per program and per shared library that changed
     scons patch FROM=v0 TO=v1 SIGN_KEY=ci.key   ... and sign each (patches/*.po.sig)
 """
 
@@ -361,9 +373,15 @@ def _declare_patches(env, old_version: str, new_version: str, sign_key: str | No
             print(f"katana: {program} is in release {old_version} but not in {new_version}: "
                   "no patch for it", file=sys.stderr)
             continue
+        if old.build_id(program) == new.build_id(program):
+            # one tree built twice: a program the change did not touch links to the same bytes
+            print(f"katana: {program} {old_version} -> {new_version}: the same build, "
+                  "no patch for it")
+            continue
         sources = [old.root / MANIFEST, new.root / MANIFEST]
         for snapshot in (old, new):
             sources += [snapshot.executable(program), *snapshot.objects(program)]
+        # a library's PO is named after its file (patches/libkv.so-v0-v1.po), like a program's
         po = f"$KATANA_PATCHES/{program}-{old_version}-{new_version}.po"
         # the .sig is a target, so that scons -c removes it with its PO; the key's path is in
         # the action's varlist (not its bytes among the sources: .sconsign would keep their hash)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from katana.elf.buildid import read_build_id
+from katana.elf.dynamic import read_dynamic
 from katana.errors import BuildError, FormatError
 
 MANIFEST = "manifest.json"
@@ -111,6 +112,11 @@ class Snapshot:
     def kind(self, program: str) -> str:
         """"program" or "shared_library"."""
         return self._program(program)["kind"]
+
+    def soname(self, program: str) -> str | None:
+        """A shared library's DT_SONAME (None for a program, or a library linked without one;
+        snapshots made before libraries were recorded have none either)."""
+        return self._program(program).get("soname")
 
     def files(self) -> dict[str, str]:
         """Every file of the snapshot: path relative to the root -> SHA-256."""
@@ -204,6 +210,8 @@ def _manifest(version: str, programs: Mapping[str, ProgramSpec], sources: dict[s
         entries[name] = {"path": exe_rel, "kind": kind, "build_id": build_id,
                          "sha256": files[exe_rel],
                          "objects": [by_path[Path(o).absolute()] for o in objects]}
+        if kind == "shared_library":  # what the dynamic linker and `ldd` call it
+            entries[name]["soname"] = read_dynamic(exe).soname
     return {"format": FORMAT, "version": version, "compiler": compiler,
             "ccflags": list(ccflags), "linkflags": list(linkflags),
             "programs": entries, "files": files}
@@ -298,6 +306,8 @@ def _validate_program(name: str, entry: Any, files: dict[str, str], check: Any) 
     objects = entry.get("objects")
     check(isinstance(objects, list) and all(o in files for o in objects),
           f"program {name}: 'objects' is not a list of the files")
+    check(entry.get("soname") is None or isinstance(entry["soname"], str),
+          f"program {name}: 'soname' is not a string")
 
 
 def _safe_relpath(rel: Any) -> bool:

@@ -18,6 +18,15 @@ R_X86_64_32S = 11
 R_X86_64_GOTTPOFF = 22  # initial exec: a GOT slot holds the thread-pointer offset
 R_X86_64_TPOFF32 = 23  # local exec: the field holds the thread-pointer offset
 R_X86_64_PC64 = 24
+# general and local dynamic, and TLS descriptors: the variable's address comes from a call
+# (__tls_get_addr, or the descriptor's resolver) with the module id the dynamic linker chose
+R_X86_64_TLSGD = 19
+R_X86_64_TLSLD = 20
+R_X86_64_DTPOFF32 = 21
+R_X86_64_GOTPC32_TLSDESC = 34
+R_X86_64_TLSDESC_CALL = 35
+TLS_DYNAMIC = {R_X86_64_TLSGD, R_X86_64_TLSLD, R_X86_64_DTPOFF32, R_X86_64_GOTPC32_TLSDESC,
+               R_X86_64_TLSDESC_CALL}
 R_X86_64_GOTPCRELX = 41
 R_X86_64_REX_GOTPCRELX = 42
 

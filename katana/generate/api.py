@@ -21,7 +21,8 @@ class Summary:
         m = self.po.meta
         changed = [f.name for f in m.functions if f.status == "changed"]
         added = [f.name for f in m.functions if f.status == "added"]
-        out = [f"wrote {self.output}: {m.program} {m.from_label} -> {m.to_label}"]
+        what = " (shared library)" if m.kind == "library" else ""
+        out = [f"wrote {self.output}: {m.program}{what} {m.from_label} -> {m.to_label}"]
         out.append(f"  functions: {len(changed)} changed{_names(changed)}, "
                    f"{len(added)} added{_names(added)}")
         for status in ("added", "transformed", "kept"):

@@ -18,6 +18,7 @@ from katana.elf.relocs import (
     R_X86_64_GOTPCREL,
     R_X86_64_PC32,
     R_X86_64_PLT32,
+    TLS_DYNAMIC,
 )
 from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import GenerateError
@@ -30,6 +31,15 @@ from katana.po.model import Reloc, Section, Symbol
 _REACH_32 = (R_X86_64_PC32, R_X86_64_32, R_X86_64_32S)
 
 Origin = tuple[str, int]  # (object relpath, index of a section or a symbol)
+
+
+def _dynamic_tls(pair: ObjectPair, sec: ObjSection, name: str) -> GenerateError:
+    return GenerateError(
+        f"{pair.relpath}: {sec.name} reaches the thread-local variable {name or '(a local)'} "
+        "through __tls_get_addr (the general- or local-dynamic model, the default for -fPIC "
+        "code): katana patches initial-exec and local-exec accesses only",
+        hint="declare the variable __attribute__((tls_model(\"initial-exec\"))), or build the "
+             "library with -ftls-model=initial-exec, in both releases")
 
 
 @dataclass
@@ -84,6 +94,8 @@ class Closure:
             fp = self.fingerprinters[pair.relpath]
             for r in sec.relocs:
                 name = pair.new.symbols[r.sym].name
+                if r.type in TLS_DYNAMIC:
+                    raise _dynamic_tls(pair, sec, name)
                 if not pair.new.symbols[r.sym].defined and \
                         self._new_library_variable(name, r.type):
                     self._through_slot(pair, sec, po_sec, r, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from katana import __version__
 from katana.build.flags import ENTRY_ROOM
 from katana.elf.buildid import read_build_id
+from katana.elf.dynamic import read_dynamic
 from katana.elf.ehframe import section_cfi
 from katana.elf.executable import Executable, open_executable
 from katana.elf.objfile import ObjSymbol, normalize_name
@@ -15,7 +16,7 @@ from katana.generate.diff import CHILD_SUFFIXES, Diff, ObjectPair, diff_trees
 from katana.generate.flags import fix
 from katana.generate.tree import Tree
 from katana.generate.variables import added_variables, plan_variables
-from katana.po.model import FunctionPatch, FunctionRef, Meta, PatchObject
+from katana.po.model import FunctionPatch, FunctionRef, Meta, PatchObject, PatchTarget
 
 JMP_SIZE = 5  # jmp rel32, what apply writes over a replaced function's entry
 
@@ -143,6 +144,12 @@ def _start_only_changes(diff: Diff) -> list[str]:
     return found
 
 
+def _target(path) -> PatchTarget | None:
+    """A shared library's PO says so (apply then looks for the library, not the program)."""
+    info = read_dynamic(path)
+    return PatchTarget("library", info.soname) if info.library else None
+
+
 def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
     """Diff two trees of ``program`` and build the Patch Object that turns old into new."""
     if not set(old.objects) & set(new.objects):
@@ -168,7 +175,7 @@ def build_patch(old: Tree, new: Tree, program: str) -> PatchObject:
         raise GenerateError(f"{old.executable} and {new.executable} are the same build "
                             f"(build-id {from_id})", hint="give the trees of two versions")
     meta = Meta(program, old.label, new.label, from_id, to_id, f"katana {__version__}",
-                pie=exe.pie)
+                pie=exe.pie, target=_target(old.executable))
     closure = Closure(diff, exe, open_executable(new.executable))
     variables = plan_variables(closure, meta)
     _functions(closure, meta, exe)

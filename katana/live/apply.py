@@ -51,7 +51,8 @@ def _describe_plan(plan: Plan) -> str:
     changed = sum(f.status == "changed" for f in m.functions)
     moved = sum(v.status == "transformed" for v in m.variables)
     libs = f", {len(plan.far)} from libraries" if plan.far else ""
-    return (f"{m.program} {m.from_label} -> {m.to_label}, build-id {m.from_build_id[:12]} "
+    where = f"library {m.program} at {plan.bias:#x}" if m.kind == "library" else m.program
+    return (f"{where} {m.from_label} -> {m.to_label}, build-id {m.from_build_id[:12]} "
             f"matches: {changed} function(s) to replace, {len(m.functions) - changed} to add, "
             f"{moved} variable(s) to move; {len(plan.externals) + len(plan.far)} symbol(s) "
             f"resolved{libs}")
@@ -137,7 +138,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     # what the safe point needs (the CFI of every mapped object, the coroutine switch points),
     # read before the stop
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
-                      return_hooks=config.return_hooks, records=plan.records, maps=maps,
+                      return_hooks=config.return_hooks, records=plan.all_records, maps=maps,
                       read=proc.memory.read)
     try:
         proc.seize()

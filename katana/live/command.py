@@ -1,110 +1,139 @@
-"""``katana apply`` as a command: one or many processes, status lines, a summary, exit codes."""
+"""``katana apply`` as a command: one or many processes, status lines, a summary, exit codes,
+and the ``--json`` report (docs/json.md)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from katana.elf.buildid import read_build_id
-from katana.errors import KatanaError, MismatchError, SignatureError, TargetError, UsageError
-from katana.live.apply import apply_patch
+from katana.errors import SignatureError, TargetError
+from katana.live.apply import Result, apply_patch
 from katana.live.audit import log_event, refusal_line
+from katana.live.results import Outcome, Tally, attempt, tell
+from katana.live.targets import (
+    EVERY,
+    Selection,
+    all_pids,
+    check_filters,
+    given_pids,
+    library_pids,
+)
 from katana.live.trust import check_policy
 from katana.po import load_po
 from katana.target import procfs
 from katana.target.process import raise_interrupt
 
-
-def _say(verbosity: int, level: int, text: str) -> None:
-    if verbosity >= level:
-        print(text, flush=True)
+COUNTED = ("applied", "unchanged", "skipped", "failed", "exited")  # docs/json.md
+SHOWN = ("applied", "skipped", "failed")  # always in the summary line, as before --json
 
 
-def _all_pids(program: str, build_id: str) -> list[int]:
-    """Every process we can see that runs the program: by the executable's name, or by the
-    build-id (a renamed copy). Those of another build are kept, to be reported as skipped."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            name = os.path.basename(os.readlink(f"/proc/{entry}/exe")).removesuffix(" (deleted)")
-            if name == program or read_build_id(f"/proc/{entry}/exe") == build_id:
-                found.append(int(entry))
-        except (KatanaError, OSError):
-            continue  # kernel threads, exited processes, other users' processes, non-ELF
-    return sorted(found)
+def say_to(verbosity: int, as_json: bool):
+    """Where progress goes: stdout, or stderr under --json (stdout holds the one object)."""
+    stream = sys.stderr if as_json else sys.stdout
+
+    def say(level: int, text: str) -> None:
+        if verbosity >= level:
+            print(text, file=stream, flush=True)
+    return say
 
 
-def _targets(patch: Path, pids: list[str]) -> list[int]:
-    if pids == ["all"]:
-        po = load_po(patch)
-        return _all_pids(po.meta.program, po.meta.from_build_id)
-    try:
-        return list(dict.fromkeys(int(p) for p in pids))  # each once, in the order given
-    except ValueError:
-        raise UsageError(f"not a process id: {' '.join(pids)}",
-                         hint="give numbers, or 'all'") from None
+def patch_fields(patch: Path, sha256: str | None = None) -> dict:
+    """What --json says of the PO itself (its program, labels, build-ids)."""
+    m = load_po(patch).meta
+    return {"patch": str(patch), "po_sha256": sha256, "object": m.program,
+            "kind": m.kind, "from": m.from_label, "to": m.to_label,
+            "from_build_id": m.from_build_id, "to_build_id": m.to_build_id}
+
+
+def find_targets(patch: Path, pids: list[str], chosen: Selection) -> list[int]:
+    check_filters(pids, chosen)
+    if pids != ["all"]:
+        return given_pids(pids)
+    m = load_po(patch).meta
+    if m.kind == "library":  # every process that maps it, whatever program it runs
+        targets = library_pids({Path(m.program).name, m.soname or ""} - {""}, chosen)
+    else:
+        targets = all_pids(m.program, m.from_build_id, chosen)
+    if not targets:
+        which = f" {chosen.describe()}" if chosen.describe() else ""
+        what = f"maps the patch's library ({m.program})" if m.kind == "library" else \
+            f"runs the patch's program ({m.program})"
+        raise TargetError(f"no running process{which} {what}",
+                          hint="check with katana ps, or give the process ids")
+    return targets
 
 
 def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = False,
-                  verbosity: int = 1) -> int:
+                  verbosity: int = 1, report=None, chosen: Selection = EVERY) -> int:
     """Apply ``patch`` to each target; print one line per process and a summary for several."""
+    as_json = report is not None
+    say = say_to(verbosity, as_json)
+    tally = Tally()
+    if report is not None:
+        report.update(patch=str(patch), results=tally.to_json())
     # once, before any process is even looked for: a refused PO is one error, not one per target
     try:
         trust = check_policy(patch, config)
     except SignatureError as e:
         log_event(refusal_line(patch, e.message), config)
         raise
-    targets = _targets(patch, pids)
-    if not targets:
-        raise TargetError("no running process runs the patch's program",
-                          hint="check with ps, or give the process ids")
-    if len(targets) == 1 and pids != ["all"]:  # one target: its error is the command's error
-        result = apply_patch(patch, targets[0], config, leave_stopped,
-                             _teller(targets[0], verbosity), trust, began=procfs.started_at())
-        _report(result, verbosity)
-        raise_interrupt(result.interrupted)
+    if report is not None:
+        report.update(**patch_fields(patch, trust.po_sha256))
+    targets = find_targets(patch, pids, chosen)
+    single = len(targets) == 1 and pids != ["all"]
+    try:
+        for pid in targets:
+            def work(pid: int = pid) -> Outcome:
+                began = procfs.started_at() if single else None
+                result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, say),
+                                     trust, began=began)
+                _report(result, say)
+                return _applied(result)
+            outcome = tally.add(attempt(pid, work))
+            if not single:
+                tell(outcome)
+            interrupted = outcome.extra.pop("_interrupted", None)
+            if interrupted is not None:
+                if not single:
+                    say(0, f"katana: {tally.line(SHOWN, len(targets))}; interrupted")
+                raise_interrupt(interrupted)
+    finally:
+        if report is not None:
+            report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
+            report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
+            report.failure = tally.failure()
+    if single:
+        only = tally.outcomes[0]
+        if only.error is not None:  # one target: its error is the command's error
+            raise only.error
         return 0
-    patched, skipped, failed, code = 0, 0, 0, 0
-    for pid in targets:
-        try:
-            result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, verbosity),
-                                 trust)
-        except MismatchError as e:  # another build, or already patched: not a failure
-            skipped += 1
-            print(f"katana: {pid}: skipped: {e.message}", file=sys.stderr)
-            continue
-        except KatanaError as e:
-            failed += 1
-            code = e.exit_code
-            print(f"katana: {pid}: failed: {e.message}", file=sys.stderr)
-            continue
-        patched += 1
-        _report(result, verbosity)
-        if result.interrupted is not None:
-            _say(verbosity, 0, f"katana: {patched} patched, {skipped} skipped, {failed} failed "
-                 f"(of {len(targets)}; interrupted)")
-            raise_interrupt(result.interrupted)
-    _say(verbosity, 0, f"katana: {patched} patched, {skipped} skipped, {failed} failed "
-         f"(of {len(targets)})")
-    return code
+    say(0, f"katana: {tally.line(SHOWN)}")
+    return tally.exit_code()
 
 
-def _teller(pid: int, verbosity: int):
-    """Phase lines at the default verbosity, details with -v; -q silences both."""
-    def say(level: int, text: str) -> None:
-        _say(verbosity, level, f"{pid}: {text}" if not text.startswith(" ") else text)
-    return say
-
-
-def _report(result, verbosity: int) -> None:
+def _applied(result: Result) -> Outcome:
     r = result.record
-    _say(verbosity, 1, f"{result.pid}: applied {r.program} {r.from_label} -> {r.to_label}: "
-         f"{len(r.functions)} function(s) at {r.region[0]:#x}; target stopped "
-         f"{result.stopped_for * 1000:.1f} ms" + (
-             f" in {result.stops} stops (longest {result.longest_stop * 1000:.1f} ms)"
-             if result.stops > 1 else ""))
+    extra = {"stopped_ms": round(result.stopped_for * 1000, 3),
+             "functions": sorted(k.split("::", 1)[1] for k in r.functions), "busy": []}
+    if result.interrupted is not None:
+        extra["_interrupted"] = result.interrupted
+    return Outcome(result.pid, "applied", 0,
+                   f"applied {r.program} {r.from_label} -> {r.to_label}", extra)
+
+
+def _teller(pid: int, say):
+    """Phase lines at the default verbosity, details with -v; -q silences both."""
+    def tell_phase(level: int, text: str) -> None:
+        say(level, f"{pid}: {text}" if not text.startswith(" ") else text)
+    return tell_phase
+
+
+def _report(result: Result, say) -> None:
+    r = result.record
+    say(1, f"{result.pid}: applied {r.program} {r.from_label} -> {r.to_label}: "
+        f"{len(r.functions)} function(s) at {r.region[0]:#x}; target stopped "
+        f"{result.stopped_for * 1000:.1f} ms" + (
+            f" in {result.stops} stops (longest {result.longest_stop * 1000:.1f} ms)"
+            if result.stops > 1 else ""))
     for phase, seconds in result.timings.items():
-        _say(verbosity, 2, f"  {phase:12} {seconds * 1000:8.1f} ms")
+        say(2, f"  {phase:12} {seconds * 1000:8.1f} ms")

@@ -52,7 +52,8 @@ class Commit:
         plan, proc = self.plan, self.proc
         assert plan.layout is not None
         maps = proc.maps()
-        if [r.region for r in read_records(plan.pid, maps)] != [r.region for r in plan.records]:
+        if [r.region for r in read_records(plan.pid, maps)] != \
+                [r.region for r in plan.all_records]:
             # Seized, no other katana can change it from here on.
             raise ApplyError(f"another katana patched or reverted process {plan.pid} meanwhile",
                              hint="see katana status; run the command again if the patch "
@@ -65,8 +66,11 @@ class Commit:
         text = (plan.layout.text_start, plan.layout.text_size, rx) \
             if plan.layout.text_size else None
         try:
+            obj = plan.obj
+            # within rel32 reach of the object patched: the program, or a library
+            near = None if obj is None else (*obj.extent, obj.low_2g)
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
-                                          inject.PROT_READ | inject.PROT_WRITE, maps,
+                                          inject.PROT_READ | inject.PROT_WRITE, maps, near,
                                           protect=text)
             if text and not alloc.protected(procfs.maps_text(plan.pid), self.base + text[0],
                                             text[1], rx):
@@ -78,7 +82,7 @@ class Commit:
         finally:
             borrower.close()
         self._plan_writes()
-        self._plan_spans(maps)  # the executable's and earlier regions' mappings, as read here
+        self._plan_spans(maps)  # the patched object's and earlier regions' mappings, as read here
         if not plan.transfers:
             self._record = self._encode_record()
 

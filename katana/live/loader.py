@@ -127,7 +127,8 @@ def link(po: PatchObject, layout: Layout, base: int,
         # jmp *0(%rip): ff 25 00 00 00 00, then the absolute target (reaches any address)
         image[off:off + 14] = b"\xff\x25\0\0\0\0" + struct.pack("<Q", addresses[sym])
     for sym, off in layout.got_offset.items():
-        image[off:off + 8] = struct.pack("<Q", addresses[sym])
+        # a GOTTPOFF slot holds a thread-pointer offset, negative (TLS variant II)
+        image[off:off + 8] = struct.pack("<Q", addresses[sym] & (2**64 - 1))
     for i, sec in enumerate(po.sections):
         for r in sec.relocs:
             _apply(image, layout, base, layout.offsets[i] + r.offset, r.type,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katana.elf.buildid import read_build_id
+from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, read_dynamic
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.elf.relocs import (
     R_X86_64_64,
@@ -24,8 +24,9 @@ from katana.elf.relocs import (
     field_size,
 )
 from katana.elf.symtab import STT_TLS
-from katana.errors import ApplyError, MismatchError
+from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
+from katana.live.objects import PatchedObject, find_object, library_with_build
 from katana.live.record import Audit, Record, Site, key, read_records
 from katana.po.model import PatchObject, Symbol, VariablePatch
 from katana.po.reader import read_po, read_po_bytes
@@ -59,9 +60,11 @@ class Plan:
     pid: int
     po: PatchObject
     po_sha256: str
-    records: list[Record]
-    exe: Executable
+    records: list[Record]  # the patched object's own, oldest first: they stack
+    exe: Executable  # the patched object: the program's executable, or a library
     bias: int
+    obj: PatchedObject | None = None
+    all_records: list[Record] = field(default_factory=list)  # every object's, oldest first
     externals: dict[int, int] = field(default_factory=dict)  # PO symbol -> address
     far: set[int] = field(default_factory=set)  # externals that need an absolute stub
     layout: Layout | None = None
@@ -89,25 +92,55 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
 
 
 def verify(po_path: Path, pid: int, maps: list[procfs.Mapping] | None = None
-           ) -> tuple[PatchObject, str, list[Record]]:
-    """The PO and the process belong together: same build, patch not applied yet."""
+           ) -> tuple[PatchObject, str, list[Record], PatchedObject]:
+    """The PO and the process belong together: the object it is for (the program, or a library
+    the process maps) runs the PO's FROM build now. ``maps``: the process's, if at hand."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
     records = read_records(pid, maps)
-    for record in records:
-        if record.po_sha256 == sha:
-            raise MismatchError(f"process {pid} already has this patch ({record.program} "
-                                f"{record.from_label} -> {record.to_label})",
-                                hint="katana status shows what a process has applied")
-    running = records[-1].to_build_id if records else read_build_id(f"/proc/{pid}/exe")
-    if po.meta.from_build_id != running:
-        what = f"{records[-1].program} {records[-1].to_label} (patched)" if records else \
-            procfs.exe_path(pid)
-        raise MismatchError(
-            f"process {pid} runs build-id {running} ({what}), but the patch is for "
-            f"{po.meta.program} {po.meta.from_label}, build-id {po.meta.from_build_id}",
-            hint="make the patch from the release this process runs (katana status shows it)")
-    return po, sha, records
+    obj = find_object(pid, po.meta, records)
+    # what counts is the build the object runs now, so that v0 -> v1, v1 -> v2, v2 -> v1 can
+    # be followed by v1 -> v2 again
+    if po.meta.from_build_id != obj.effective_build_id:
+        _refuse(po, sha, pid, obj)
+    return po, sha, records, obj
+
+
+def _refuse(po: PatchObject, sha: str, pid: int, obj: PatchedObject) -> None:
+    m, running, mine = po.meta, obj.effective_build_id, obj.records
+    had = next((r for r in reversed(mine) if r.po_sha256 == sha), None)
+    if had is not None or running == m.to_build_id:
+        now = f", build-id {running[:12]}" if running == m.to_build_id else \
+            f", and runs {obj.describe()} now"
+        what = "already has this patch" if had is not None else \
+            "already runs the build this patch leads to"
+        error = AlreadyAppliedError if running == m.to_build_id else MismatchError
+        raise error(f"process {pid} {what} ({m.program} {m.from_label} -> {m.to_label})"
+                    f"{now}", hint="katana status shows what a process has applied")
+    if obj.kind == "program":
+        program = mine[-1].program if mine else Path(procfs.exe_path(pid)).name
+        if Path(program).name != Path(m.program).name and \
+                library_with_build(pid, m.from_build_id) is None:
+            raise MismatchError(f"process {pid} runs another program ({program}, build-id "
+                                f"{running}); the patch is for {m.program}",
+                                hint=f"katana ps --program {Path(m.program).name} lists its "
+                                     "processes")
+    what = "its library" if obj.kind == "library" else "process"
+    raise MismatchError(
+        f"{what} {obj.name} in process {pid} runs build-id {running} ({obj.describe()}), "
+        f"but the patch is for {m.program} {m.from_label}, build-id {m.from_build_id}",
+        hint=_mismatch_hint(pid, po, obj))
+
+
+def _mismatch_hint(pid: int, po: PatchObject, obj: PatchedObject) -> str:
+    if obj.kind == "program":
+        lib = library_with_build(pid, po.meta.from_build_id)
+        if lib is not None:  # made by a katana that did not record that it is a library's
+            return (f"the patch is for the library {lib.library.path} that this process maps, "
+                    "but does not say so: make it again with this katana (katana generate "
+                    "OLD NEW LIBRARY)")
+    return (f"make the patch from the release {obj.name} runs in this process (katana status "
+            "shows it, per object)")
 
 
 def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = False) -> int | None:
@@ -123,8 +156,12 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
     sym = plan.exe.lookup(name, file)
     if sym is None:
         return None
+    if sym.type != STT_TLS:
+        return sym.value + plan.bias
     # a thread-local variable has no one address: the code reaches it from the thread pointer
-    return plan.exe.tp_offset(sym) if sym.type == STT_TLS else sym.value + plan.bias
+    if plan.obj is not None and plan.obj.kind == "library":
+        return plan.obj.tp_offset(plan.pid, sym.value, name)
+    return plan.exe.tp_offset(sym)
 
 
 def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
@@ -238,26 +275,57 @@ def _plan_transfers(plan: Plan) -> None:
         refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
                 references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
             if in_exe is not None and in_exe.value + plan.bias == old else []
+        if in_exe is not None and in_exe.value + plan.bias == old:
+            refs += _got_slots(plan, old, v.old_size)
         for record in plan.records:  # earlier patches' code refers to it too
             refs += [Reference(*site) for site in record.refs.get(key(name, file), [])]
         plan.transfers.append((v, old, refs))
 
 
+def _got_slots(plan: Plan, old: int, size: int) -> list[Reference]:
+    """A library's code reaches its own default-visibility variables through its GOT (they
+    could be interposed), and its data holds their addresses through dynamic relocations:
+    slots of .rela.dyn that now hold an address inside the variable. A slot that holds
+    another address (the program's copy of the variable) is left alone."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return []
+    found = []
+    with open(f"/proc/{plan.pid}/mem", "rb") as mem:
+        for r in read_dynamic(plan.exe.path).relocs:
+            if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
+                continue
+            target = r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend
+            if not (r.value or r.type == R_X86_64_RELATIVE) or \
+                    not old <= target + plan.bias < old + size:
+                continue
+            mem.seek(r.offset + plan.bias)
+            if int.from_bytes(mem.read(8), "little") == target + plan.bias:
+                found.append(Reference(r.offset + plan.bias, R_X86_64_64, 8,
+                                       target + plan.bias - old, False))
+    return found
+
+
 def _plan_declared_stacks(plan: Plan) -> None:
-    table, count = plan.exe.lookup("katana_stacks"), plan.exe.lookup("katana_nstacks")
+    # the program declares them, whichever object the patch is for
+    exe, bias = plan.exe, plan.bias
+    if plan.obj is not None and plan.obj.kind != "program":
+        exe = open_executable(f"/proc/{plan.pid}/exe")
+        bias = procfs.load_bias(plan.pid) if exe.pie else 0
+    table, count = exe.lookup("katana_stacks"), exe.lookup("katana_nstacks")
     if table is not None and count is not None:
-        plan.declared_stacks = (table.value + plan.bias, count.value + plan.bias)
+        plan.declared_stacks = (table.value + bias, count.value + bias)
 
 
 def prepare(po_path: Path, pid: int, audit: Audit | None = None,
             maps: list[procfs.Mapping] | None = None) -> Plan:
     """Verify and plan; nothing is stopped or written yet. ``maps``: the process's mappings,
-    read once by the caller for everything before the seize."""
+    read once by the caller for what comes before the seize."""
     started = time.monotonic()
-    po, sha, records = verify(po_path, pid, maps)
-    exe = open_executable(f"/proc/{pid}/exe")
-    bias = procfs.load_bias(pid, maps) if exe.pie else 0
-    plan = Plan(pid, po, sha, records, exe, bias, audit=audit)  # before the record is sized
+    po, sha, records, obj = verify(po_path, pid, maps)
+    exe = open_executable(obj.path)
+    bias = obj.bias if exe.pie else 0
+    # before the record is sized
+    plan = Plan(pid, po, sha, obj.records, exe, bias, obj, records, audit=audit)
     _resolve_externals(plan)
     _plan_redirects(plan)
     _plan_safety(plan)
@@ -278,7 +346,8 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
     m = plan.po.meta
     assert plan.layout is not None
     rec = Record(m.program, m.from_label, m.to_label, m.from_build_id, m.to_build_id,
-                 plan.po_sha256, (base, plan.layout.size), time.time())
+                 plan.po_sha256, (base, plan.layout.size), time.time(), kind=m.kind,
+                 soname=m.soname)
     for f in m.functions:
         rec.functions[key(f.name, f.file if f.local else None)] = [
             new_address(plan, base, f.symbol), f.new_size]

@@ -87,17 +87,25 @@ class Record:
     cfi: list[list] = field(default_factory=list)
     audit: Audit | None = None  # None: applied by a katana that kept no audit
     reverted: Audit | None = None  # who reverted it (a record under REVERTED_MAGIC only)
+    # The object patched: "program" (``program`` is its name), or "library" (``program`` is
+    # the library's file name, libkv.so, and ``soname`` its DT_SONAME). Kept in the audit JSON,
+    # which a katana that predates libraries never reads: it still reads these records.
+    kind: str = "program"
+    soname: str | None = None
 
     def encode(self, magic: bytes = MAGIC) -> bytes:
         body = dict(self.__dict__)
         body["sites"] = [s.to_json() for s in self.sites]
         audit, reverted = body.pop("audit"), body.pop("reverted")
+        kind, soname = body.pop("kind"), body.pop("soname")
         raw = json.dumps(body, sort_keys=True).encode()
         extra = b""
-        if audit or reverted:
-            extra = json.dumps({"apply": audit.__dict__ if audit else None,
-                                "revert": reverted.__dict__ if reverted else None},
-                               sort_keys=True).encode()
+        if audit or reverted or kind != "program":
+            more = {"apply": audit.__dict__ if audit else None,
+                    "revert": reverted.__dict__ if reverted else None}
+            if kind != "program":
+                more["object"] = {"kind": kind, "soname": soname}
+            extra = json.dumps(more, sort_keys=True).encode()
         return HEADER.pack(magic, len(raw), len(extra)) + raw + extra
 
     @classmethod
@@ -114,16 +122,25 @@ class Record:
             body["sites"] = [Site.from_json(s) for s in body["sites"]]
             body["region"] = tuple(body["region"])
             body["extra_regions"] = [tuple(r) for r in body.get("extra_regions", [])]
-            for name in ("audit", "reverted"):  # only ever in the audit JSON
+            for name in ("audit", "reverted", "kind", "soname"):  # only in the audit JSON
                 body.pop(name, None)
             if audit_length:
                 extra = json.loads(read_rest(HEADER.size + length, audit_length))
                 for name, key in (("audit", "apply"), ("reverted", "revert")):
                     if extra.get(key) is not None:
                         body[name] = Audit.from_json(extra[key])
+                if extra.get("object") is not None:
+                    body["kind"] = str(extra["object"]["kind"])
+                    body["soname"] = extra["object"].get("soname")
             return cls(**body)
         except (ValueError, KeyError, TypeError) as e:
             raise TargetError(f"a katana record in the target is damaged ({e})") from e
+
+
+def effective_build_id(records: list[Record], own: str) -> str:
+    """The build an object behaves as now: the TO of its newest live patch, else ``own`` (the
+    build-id of its file)."""
+    return records[-1].to_build_id if records else own
 
 
 def _switched_on(mem, record: Record, later: list[Record]) -> bool:

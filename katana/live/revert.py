@@ -1,6 +1,8 @@
-"""``katana revert PID``: undo the most recent patch of a process.
+"""``katana revert PID [PATCH | --all]``: undo the most recent patch of a process (or a given
+one, or all of them, newest first).
 
-Patches stack, so only the newest can go: an older one may be what the newer one's code calls.
+Patches stack, so only the newest of an object can go: a later patch of the same object was
+made from the build the earlier one left, and may call its code.
 The old code must be free to run again and the patch's code out of use, so the safe-point rule is
 the patch's own functions (new code) plus everything it redirected.
 """
@@ -8,30 +10,123 @@ the patch's own functions (new code) plus everything it redirected.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from pathlib import Path
 
-from katana.errors import ApplyError, KatanaError
+from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
-from katana.live.record import REVERTED_MAGIC, read_records
+from katana.live.record import REVERTED_MAGIC, Record, read_records
 from katana.target import procfs
 from katana.target.borrow import Borrower
 from katana.target.inject import SYS_munmap
 from katana.target.process import Process, check_interrupts, fault_point, signals_held
 
 
-def revert_command(pid: int, config, verbosity: int = 1) -> int:
-    with signals_held():
-        return _revert_command(pid, config, verbosity)
+def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = None,
+                   every: bool = False, report=None) -> int:
+    """Revert the newest patch of ``pid``; with ``patch`` (a PO path or a sha256 prefix), that
+    one; with ``every``, all of them, newest first. Prints one line per patch reverted."""
+    from katana.live.command import say_to
+
+    say = say_to(verbosity, report is not None)
+    done: list[dict] = []
+    if report is not None:
+        report.update(pid=pid, results=done)
+    try:
+        with signals_held():
+            while True:
+                record, records = _choose(pid, patch, first=not done)
+                if record is None:  # --all, and none left
+                    break
+                _revert_record(pid, record, records, config)
+                done.append({"pid": pid, "result": "reverted", "code": 0,
+                             "message": f"reverted {record.program} {record.to_label} -> "
+                                        f"{record.from_label}", **_labels(record)})
+                say(1, f"{pid}: reverted {record.program} {record.to_label} -> "
+                       f"{record.from_label}")
+                if not every:
+                    break
+                check_interrupts()
+    except KatanaError as e:
+        done.append({"pid": pid, "result": "unchanged" if isinstance(e, NothingToRevertError)
+                     else "failed", "code": e.exit_code, "message": e.message})
+        if done[:-1] and not isinstance(e, NothingToRevertError):
+            e.message += f" ({len(done) - 1} newer patch(es) were reverted before)"
+        raise
+    finally:
+        if report is not None:
+            results = [d["result"] for d in done]
+            report.update(summary={"reverted": results.count("reverted"),
+                                   "unchanged": results.count("unchanged"),
+                                   "failed": results.count("failed"), "total": len(done)})
+    return 0
 
 
-def _revert_command(pid: int, config, verbosity: int) -> int:
-    from katana.safety.safepoint import Range
+def _labels(record: Record) -> dict:
+    return {"object": record.program, "kind": record.kind,
+            "from": record.from_label, "to": record.to_label, "po_sha256": record.po_sha256}
 
+
+def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, list[Record]]:
+    """The record to revert now, and every live record of the process."""
     records = read_records(pid)
     if not records:
-        raise ApplyError(f"process {pid} has no katana patch to revert")
-    record = records[-1]
+        if not first:
+            return None, records
+        raise NothingToRevertError(f"process {pid} has no katana patch to revert",
+                                   hint="katana status shows what a process has applied")
+    if patch is None:
+        return records[-1], records
+    sha = _sha_of(patch)
+    matches = [r for r in records if r.po_sha256.startswith(sha)]
+    if not matches:
+        raise NothingToRevertError(f"process {pid} has no live patch {patch} (sha256 "
+                                   f"{sha[:16]}) to revert",
+                                   hint="katana status shows what a process has applied")
+    if len({r.po_sha256 for r in matches}) > 1:
+        raise UsageError(f"{patch} is the beginning of the sha256 of more than one patch of "
+                         f"process {pid}", hint="give more digits (katana status --json)")
+    record = matches[-1]
+    later = records[records.index(record) + 1:]
+    depending = [r for r in later if _depends(r, record)]
+    if depending:
+        names = ", ".join(f"{r.from_label} -> {r.to_label}" for r in depending)
+        raise ApplyError(f"cannot revert {record.program} {record.from_label} -> "
+                         f"{record.to_label} of process {pid}: later patches depend on it "
+                         f"({names}: made from the build it left, or calling its code)",
+                         hint=f"revert those first (katana revert {pid}, newest first), or "
+                              f"all of them: katana revert {pid} --all")
+    return record, records
+
+
+def _sha_of(patch: str) -> str:
+    """A PO file's sha256, or the sha256 prefix given."""
+    path = Path(patch)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    text = patch.lower()
+    if len(text) >= 4 and all(c in "0123456789abcdef" for c in text):
+        return text
+    raise UsageError(f"{patch} is neither a Patch Object nor a sha256 prefix (4 hex digits "
+                     "or more)", hint="katana status PID lists each patch's sha256")
+
+
+def _depends(later: Record, record: Record) -> bool:
+    """Whether ``later`` needs ``record``: a patch of the same object (made from the build
+    ``record`` left), or one whose code was linked against ``record``'s region."""
+    if (later.kind, later.program) == \
+            (record.kind, record.program):
+        return True
+    lo, size = record.region
+    addresses = list(later.symbols.values()) + [s.address for s in later.sites]
+    return any(lo <= a < lo + size for a in addresses)
+
+
+def _revert_record(pid: int, record: Record, records: list[Record], config) -> None:
+    from katana.safety.safepoint import Range
+
     if not record.revertible:
-        raise ApplyError(f"the newest patch ({record.from_label} -> {record.to_label}) moved "
+        raise ApplyError(f"the patch {record.from_label} -> {record.to_label} moved "
                          "data to a new layout and cannot be reverted",
                          hint="apply a patch that goes back instead (made FROM the newer release)")
     base, size = record.region
@@ -42,9 +137,6 @@ def _revert_command(pid: int, config, verbosity: int) -> int:
     by = revert_audit(record)
     _revert(proc, record, records, ranges, config, by)
     log_event(audit_line("revert", pid, record, by), config)
-    if verbosity:
-        print(f"{pid}: reverted {record.program} {record.to_label} -> {record.from_label}")
-    return 0
 
 
 def _tombstone(record, by) -> tuple[bytes, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from katana.elf.buildid import read_build_id
@@ -34,7 +33,8 @@ def _reverted_text(r: Record) -> str:
     return f"  reverted: {r.program} {r.from_label} -> {r.to_label} {who}"
 
 
-def status_command(pid: int, as_json: bool = False) -> int:
+def status_command(pid: int, report=None) -> int:
+    """Print the patches of ``pid`` (or fill ``report``, for --json: docs/json.md)."""
     records = read_records(pid)
     reverted = sorted(read_records(pid, magic=REVERTED_MAGIC),
                       key=lambda r: r.reverted.time if r.reverted else "")
@@ -42,9 +42,10 @@ def status_command(pid: int, as_json: bool = False) -> int:
         exe_id = read_build_id(f"/proc/{pid}/exe")
     except OSError as e:
         raise TargetError(f"cannot read /proc/{pid}/exe: {e.strerror}") from e
-    if as_json:
-        print(json.dumps({"pid": pid, "build_id": exe_id, "patches": [
-            {"program": r.program, "from": r.from_label, "to": r.to_label,
+    if report is not None:
+        report.update(**{"pid": pid, "build_id": exe_id, "patches": [
+            {"program": r.program, "kind": r.kind, "soname": r.soname,
+             "from": r.from_label, "to": r.to_label,
              "from_build_id": r.from_build_id, "to_build_id": r.to_build_id,
              "po_sha256": r.po_sha256, "applied_at": r.applied_at, "region": list(r.region),
              "functions": sorted(r.functions), "revertible": r.revertible,
@@ -53,7 +54,7 @@ def status_command(pid: int, as_json: bool = False) -> int:
             {"program": r.program, "from": r.from_label, "to": r.to_label,
              "po_sha256": r.po_sha256, "audit": _audit_json(r.audit),
              "reverted_by": _audit_json(r.reverted)}
-            for r in reverted]}, indent=2))
+            for r in reverted]})
         return 0
     print(f"process {pid}: executable build-id {exe_id}")
     for r in reverted:  # history first: what is applied now ends the report
@@ -61,15 +62,31 @@ def status_command(pid: int, as_json: bool = False) -> int:
     if not records:
         print("  no katana patches applied")
         return 0
-    for n, r in enumerate(records, 1):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.applied_at))
-        names = ", ".join(k.split("::", 1)[1] for k in sorted(r.functions)) or "-"
-        print(f"  {n}. {r.program} {r.from_label} -> {r.to_label}  applied {when}  "
-              f"at {r.region[0]:#x}")
-        print(f"     functions: {names}")
-        print(f"     {_audit_text(r.audit)}")
-        if not r.revertible:
-            print("     (transforms data: cannot be reverted)")
-    current = records[-1].to_label
-    print(f"  running: {current} (build-id {records[-1].to_build_id})")
+    # numbered in the order applied (revert takes the highest number first), listed per object
+    numbers = {id(r): n for n, r in enumerate(records, 1)}
+    for (kind, name), mine in _by_object(records).items():
+        soname = f", soname {mine[-1].soname}" if mine[-1].soname else ""
+        print(f"  {kind} {name}{soname}:")
+        for r in mine:
+            _print_record(numbers[id(r)], r)
+        print(f"    running: {mine[-1].to_label} (build-id {mine[-1].to_build_id})")
     return 0
+
+
+def _by_object(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
+    """The records of each patched object (the program first), oldest first."""
+    objects: dict[tuple[str, str], list[Record]] = {}
+    for r in sorted(records, key=lambda r: r.kind != "program"):
+        objects.setdefault((r.kind, r.program), []).append(r)
+    return objects
+
+
+def _print_record(n: int, r: Record) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.applied_at))
+    names = ", ".join(k.split("::", 1)[1] for k in sorted(r.functions)) or "-"
+    print(f"    {n}. {r.program} {r.from_label} -> {r.to_label}  applied {when}  "
+          f"at {r.region[0]:#x}")
+    print(f"       functions: {names}")
+    print(f"       {_audit_text(r.audit)}")
+    if not r.revertible:
+        print("       (transforms data: cannot be reverted)")

@@ -11,7 +11,8 @@ import importlib
 
 _WHERE = {
     "FORMAT_VERSION": "model", "FieldOp": "model", "FunctionPatch": "model",
-    "FunctionRef": "model", "Meta": "model", "PatchObject": "model", "Reloc": "model",
+    "FunctionRef": "model", "Meta": "model", "PatchObject": "model", "PatchTarget": "model",
+    "Reloc": "model",
     "Section": "model", "Symbol": "model", "TypeTransform": "model", "VariablePatch": "model",
     "RELOC_BY_NAME": "reader", "RELOC_TYPES": "reader", "RelocType": "reader",
     "load_po": "reader", "read_po": "reader",

@@ -22,4 +22,6 @@ def content_digest(po: PatchObject) -> str:
     h.update(repr(po.symbols).encode())
     if po.meta.cfi:  # a field added later: absent, the digest is what it always was
         h.update(repr(sorted(po.meta.cfi.items())).encode())
+    if po.meta.target is not None:  # also later: a program's PO keeps the digest it had
+        h.update(repr(po.meta.target).encode())
     return h.hexdigest()

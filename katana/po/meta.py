@@ -61,7 +61,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 # Fields added after format version 1, which a PO written before them does not have; every
 # other field is required.
-LATER_FIELDS = {("Meta", "cfi")}
+LATER_FIELDS = {("Meta", "cfi"), ("Meta", "target")}
 
 
 def _no_constant(name: str) -> None:

@@ -122,6 +122,14 @@ class VariablePatch:
 
 
 @dataclass
+class PatchTarget:
+    """The object a patch is for, when it is a shared library (a program's PO has none)."""
+
+    kind: Literal["program", "library"]
+    soname: str | None = None  # the library's DT_SONAME
+
+
+@dataclass
 class FunctionRef:
     name: str  # as the FROM executable spells it
     file: str | None = None  # STT_FILE name, for a local function
@@ -149,6 +157,18 @@ class Meta:
     # (left out of repr, which the content digest of POs written before it was made from; the
     # digest covers it on its own)
     cfi: dict[str, str] = field(default_factory=dict, repr=False)
+    # the object patched, for a shared library; None: the program (every PO written before
+    # libraries could be patched). Out of repr for the same reason as cfi.
+    target: PatchTarget | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        """"program" or "library": what from_build_id is the build-id of."""
+        return self.target.kind if self.target is not None else "program"
+
+    @property
+    def soname(self) -> str | None:
+        return self.target.soname if self.target is not None else None
 
 
 @dataclass

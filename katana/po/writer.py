@@ -169,6 +169,8 @@ def _meta_json(po: PatchObject, order: list[int]) -> tuple[bytes, bytes]:
 
     elf_index = {model: elf for elf, model in enumerate(order, 1)}
     obj = encode(po.meta)
+    if po.meta.target is None:  # a program's PO: as written before libraries were patched
+        del obj["target"]  # type: ignore[union-attr]
     obj["symbols"] = [{"elf": elf_index[i], "local": s.local, "file": s.file,  # type: ignore[index]
                        "new_name": s.new_name, "entry": s.entry} for i, s in enumerate(po.symbols)]
     try:

@@ -504,9 +504,11 @@ class _Waiter:
             if give_up:
                 self._end_progress()
                 self._let_go()
-                raise BusyError(f"no safe point in process {self.process.pid} within "
-                                f"{self.timeout:g} s: {_describe(busy)} in use",
-                                hint=_hint(busy))
+                error = BusyError(f"no safe point in process {self.process.pid} within "
+                                  f"{self.timeout:g} s: {_describe(busy)} in use",
+                                  hint=_hint(busy))
+                error.busy = sorted({b.name for b in busy})  # for --json (docs/json.md)
+                raise error
             if self._hookable(busy) and not self.checker.hooks.base:
                 # The pages for the hooks are mapped while the process runs; the next stop
                 # (at once) sets them.

@@ -104,24 +104,28 @@ def _heap(pid: int, maps: list[Mapping]) -> tuple[int, int]:
     return start, max(start, end)
 
 
-def region_candidates(process: Process, size: int,
-                      maps: list[Mapping] | None = None) -> list[int]:
-    """Where a region of ``size`` bytes may go, nearest to the executable first."""
+def region_candidates(process: Process, size: int, maps: list[Mapping] | None = None,
+                      near: tuple[int, int, bool] | None = None) -> list[int]:
+    """Where a region of ``size`` bytes may go, nearest to the executable first (``near``:
+    to another object's image [low, high) instead, and whether it must stay below 2 GiB)."""
     maps = process.maps() if maps is None else maps
-    exe_maps = procfs.exe_mappings(process.pid, maps)
-    if not exe_maps:
-        raise ApplyError(f"the executable of process {process.pid} is not mapped")
-    return candidates(maps, exe_extent(maps, exe_maps), _page_up(size),
-                      below_2g=not procfs.is_pie(process.pid), heap=_heap(process.pid, maps),
-                      min_addr=_mmap_min_addr())
+    if near is None:
+        exe_maps = procfs.exe_mappings(process.pid, maps)
+        if not exe_maps:
+            raise ApplyError(f"the executable of process {process.pid} is not mapped")
+        near = (*exe_extent(maps, exe_maps), not procfs.is_pie(process.pid))
+    return candidates(maps, near[:2], _page_up(size), below_2g=near[2],
+                      heap=_heap(process.pid, maps), min_addr=_mmap_min_addr())
 
 
 def map_running(process: Process, borrower: Borrower, size: int, prot: int,
                 maps: list[Mapping] | None = None,
+                near: tuple[int, int, bool] | None = None,
                 protect: tuple[int, int, int] | None = None) -> int:
-    """Map ``size`` bytes in rel32 reach of the executable while the process runs, through a
-    borrowed thread (``borrow.Borrower``); the address. The result is read from the maps: the
-    stub gives the thread its registers back, the system call's return value included.
+    """Map ``size`` bytes in rel32 reach of the executable (or of the object ``near``
+    describes, see ``region_candidates``) while the process runs, through a borrowed thread
+    (``borrow.Borrower``); the address. The result is read from the maps: the stub gives the
+    thread its registers back, the system call's return value included.
 
     ``protect`` (offset, length, prot): an mprotect of that part, made by the same borrowed
     thread right after the mmap (one borrowing, not two), only if the mmap succeeded. The
@@ -129,7 +133,7 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
     /proc/PID/mem, which a tracer may do in a read-only private mapping."""
     size = _page_up(size)
     flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
-    for addr in region_candidates(process, size, maps)[:MAX_ATTEMPTS]:
+    for addr in region_candidates(process, size, maps, near)[:MAX_ATTEMPTS]:
         then = (inject.SYS_mprotect, addr + protect[0], protect[1], protect[2]) \
             if protect else ()
 
@@ -144,8 +148,9 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
             return addr
         # taken since we read the maps (EEXIST): try the next candidate
     raise ApplyError(
-        f"no room for {size} bytes within +-2 GiB of the executable in process {process.pid}",
-        hint="the address space near the executable is full; a smaller patch may fit",
+        f"no room for {size} bytes within +-2 GiB of the "
+        f"{'executable' if near is None else 'object patched'} in process {process.pid}",
+        hint="the address space near it is full; a smaller patch may fit",
     )
 
 

@@ -1,0 +1,142 @@
+"""Which processes a command works on: the PIDs given, or ``all`` of a program's processes,
+narrowed by ``--user`` and ``--exe``.
+
+``all`` is read from /proc once, before the first process is touched; a process that exits
+afterwards is counted as exited by the command (results.py), never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from katana.elf.buildid import read_build_id
+from katana.errors import KatanaError, UsageError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``all``'s filters: ``uid`` (from --user) and ``exe`` (--exe: (st_dev, st_ino))."""
+
+    uid: int | None = None
+    exe: tuple[int, int] | None = None
+    exe_path: str | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.uid is not None:
+            parts.append(f"of uid {self.uid}")
+        if self.exe_path is not None:
+            parts.append(f"running {self.exe_path}")
+        return " ".join(parts)
+
+
+EVERY = Selection()  # no filter
+
+
+def selection(user: str | None, exe: Path | None) -> Selection:
+    uid = None
+    if user is not None:
+        try:
+            uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        except KeyError:
+            raise UsageError(f"no user {user!r} on this host", hint="give a user name or a "
+                             "uid") from None
+    ident = None
+    if exe is not None:
+        try:
+            st = os.stat(exe)
+        except OSError as e:
+            raise UsageError(f"--exe {exe}: {e.strerror}", hint="give the path of the "
+                             "executable the processes run") from None
+        ident = (st.st_dev, st.st_ino)
+    return Selection(uid, ident, str(exe) if exe is not None else None)
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid of a process (who started it), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _runs(pid: int, ident: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(f"/proc/{pid}/exe")  # follows the link to the file itself
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
+
+
+def process_ids() -> list[int]:
+    """Every process of the host but katana itself, in PID order."""
+    return sorted(int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid())
+
+
+def program_of(pid: int) -> str:
+    """The name of the executable a process runs ('' for a kernel thread or one we cannot read)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
+def all_pids(program: str, build_id: str, chosen: Selection = EVERY) -> list[int]:
+    """Every process we can see that runs the program: by the executable's name, or by the
+    build-id (a renamed copy); with ``--exe``, only those running that file. Those of another
+    build are kept, to be reported as skipped."""
+    found = []
+    for pid in process_ids():
+        if chosen.uid is not None and process_uid(pid) != chosen.uid:
+            continue
+        if chosen.exe is not None:
+            if _runs(pid, chosen.exe):
+                found.append(pid)
+            continue
+        try:
+            if program_of(pid) == program or read_build_id(f"/proc/{pid}/exe") == build_id:
+                found.append(pid)
+        except (KatanaError, OSError):
+            continue  # kernel threads, exited processes, other users' processes, non-ELF
+    return found
+
+
+def library_pids(names: set[str], chosen: Selection = EVERY) -> list[int]:
+    """Every process we can see that maps a library of one of these file names (or sonames),
+    whichever program it runs; apply skips those that map another build of it."""
+    from katana.target import procfs
+
+    found = []
+    for pid in process_ids():
+        if chosen.uid is not None and process_uid(pid) != chosen.uid:
+            continue
+        if chosen.exe is not None and not _runs(pid, chosen.exe):
+            continue
+        try:
+            text = procfs.maps_text(pid)
+        except KatanaError:
+            continue  # exited, or not ours to read
+        if any(line.rsplit("/", 1)[-1] in names for line in text.splitlines() if "/" in line):
+            found.append(pid)
+    return found
+
+
+def given_pids(pids: list[str]) -> list[int]:
+    try:
+        return list(dict.fromkeys(int(p) for p in pids))  # each once, in the order given
+    except ValueError:
+        raise UsageError(f"not a process id: {' '.join(pids)}",
+                         hint="give numbers, or 'all'") from None
+
+
+def check_filters(pids: list[str], chosen: Selection) -> None:
+    if pids != ["all"] and (chosen.uid is not None or chosen.exe is not None):
+        raise UsageError("--user and --exe narrow 'all'; with process ids, give only the ids "
+                         "you mean", hint="katana apply PATCH all --user svc")

@@ -1,0 +1,29 @@
+/* v3 of the library (from v0): the stats struct gains a field in the middle; value = 5 * x. */
+#include "kv.h"
+
+static long calls;
+/* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
+#ifndef KV_TLS_MODEL
+#define KV_TLS_MODEL "initial-exec"
+#endif
+static __thread long thread_calls __attribute__((tls_model(KV_TLS_MODEL)));
+
+struct kv_stats { long hits; long misses; long total; };
+/* a global of the library: its own code reaches it through its GOT (it could be interposed) */
+struct kv_stats kv_stats;
+
+long kv_compute(long x)
+{
+    calls++;
+    thread_calls++;
+    kv_stats.hits++;
+    kv_stats.misses += x % 2;
+    kv_stats.total += x;
+    return x * 5;
+}
+
+long kv_calls(void) { return calls; }
+long kv_thread_calls(void) { return thread_calls; }
+long kv_total(void) { return kv_stats.total; }
+long kv_hits(void) { return kv_stats.hits; }
+long kv_misses(void) { return kv_stats.misses; }

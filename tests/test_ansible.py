@@ -1,0 +1,220 @@
+"""The Ansible collection katana.hotpatch (ansible/), run by ansible-core against localhost
+(connection: local) on the example server, as docs/fleet.md runs it against a fleet.
+
+Every playbook targets the test's own server (by PID, or `all` narrowed to the test's executable):
+other kvd processes of the machine are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from exampletree import REPO, advance, copy_project
+from livekit import Live, code_snapshot, katana
+
+BIN = Path(sys.executable).parent  # the venv's ansible-playbook, ansible-galaxy and katana
+pytestmark = [pytest.mark.live, pytest.mark.scons,
+              pytest.mark.skipif(not (BIN / "ansible-playbook").exists(),
+                                 reason="ansible-core is not installed (pip install -e '.[test]')")]
+COLLECTION = REPO / "ansible" / "ansible_collections" / "katana" / "hotpatch"
+RECAP = re.compile(r"localhost\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)")
+
+
+@pytest.fixture(scope="module")
+def needs_json():
+    """Skip, naming them, when the katana commands the collection calls are not there yet."""
+    missing = [f"katana {c}" for c in ("check", "ps") if katana(c, "--help").returncode != 0]
+    missing += [f"katana {c} --json" for c in ("apply", "revert")
+                if "--json" not in katana(c, "--help").stdout]
+    if missing:
+        pytest.skip(f"the collection calls {', '.join(missing)}, which this katana lacks")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The example at v0, v1 and v2 (snapshots), and the patches kvd-v0-v1.po, kvd-v1-v2.po."""
+    root = copy_project(tmp_path_factory.mktemp("fleet"))
+    scons = [sys.executable, "-m", "SCons", "-Q"]
+    for version in ("v0", "v1", "v2"):
+        if version != "v0":
+            advance(root, version)
+        subprocess.run([*scons, "release", f"VERSION={version}"], cwd=root, check=True,
+                       capture_output=True, timeout=300)
+    for a, b in (("v0", "v1"), ("v1", "v2")):
+        subprocess.run([*scons, "patch", f"FROM={a}", f"TO={b}"], cwd=root, check=True,
+                       capture_output=True, timeout=300)
+    return root
+
+
+@pytest.fixture
+def server(project):
+    live = Live([str(project / "releases/v0/kvd"), "0"])
+    try:
+        port = int(live.wait_for(r"kvd v0 listening on 127\.0\.0\.1:(\d+)").group(1))
+        yield live, port
+    finally:
+        live.kill()
+
+
+def ask(port: int, line: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(line.encode() + b"\n")
+        return sock.makefile().readline().rstrip("\n")
+
+
+def playbook(tmp_path: Path, tasks: str, *options: str) -> tuple[subprocess.CompletedProcess,
+                                                                  tuple[int, int, int], dict]:
+    """Run a play of ``tasks`` on localhost; (the run, (ok, changed, failed), what the tasks
+    registered as ``result``... written to result_<name>.json)."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    play = tmp_path / "play.yml"
+    play.write_text(f"- hosts: localhost\n  gather_facts: false\n  tasks:\n{tasks}")
+    (tmp_path / "ansible.cfg").write_text("")
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
+           "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ah"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "lt"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "rt"),
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    run = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"katana={BIN / 'katana'}",
+         "-e", f"out={out}", *options, str(play)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    recap = RECAP.search(run.stdout)
+    assert recap, run.stdout + run.stderr
+    saved = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    for p in out.glob("*.json"):
+        p.unlink()
+    return run, tuple(int(x) for x in recap.groups()), saved
+
+
+def patch_task(name: str, **args) -> str:
+    """A katana_patch task registering its result, and a task saving it to out/<name>.json
+    (saved in check mode too: check_mode: false)."""
+    options = "".join(f"        {k}: {json.dumps(v)}\n" for k, v in args.items())
+    return (f"    - name: {name}\n      katana.hotpatch.katana_patch:\n{options}"
+            "        katana: \"{{ katana }}\"\n"
+            f"      register: {name}\n"
+            f"    - ansible.builtin.copy:\n"
+            f"        content: \"{{{{ {name} | to_json }}}}\"\n"
+            f"        dest: \"{{{{ out }}}}/{name}.json\"\n"
+            "      check_mode: false\n      changed_when: false\n")
+
+
+def file_code(pid: int) -> tuple[int, bytes]:
+    """(address, bytes) of the executable's code mapping as its file holds them."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == exe and fields[1].startswith("r-x"):
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                with open(exe, "rb") as f:
+                    f.seek(int(fields[2], 16))
+                    return lo, f.read(hi - lo)
+    raise AssertionError(f"process {pid} maps no code of {exe}")
+
+
+def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
+    live, port = server
+    exe = str(project / "releases/v0/kvd")
+    assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"  # the v0 bug
+    # from the controller's copy, to where the host keeps it; every kvd of this executable
+    tasks = patch_task("first", src=str(project / "patches/kvd-v0-v1.po"),
+                       patch=str(tmp_path / "kvd-v0-v1.po"), target="all", exe=exe, timeout=10)
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks)
+    assert (changed, failed) == (1, 0), run.stdout
+    first = saved["first"]
+    assert first["copied"] is True and (first["from"], first["to"]) == ("v0", "v1")
+    assert [(r["pid"], r["result"]) for r in first["results"]] == [(live.pid, "applied")]
+    assert ask(port, "GET ab") == "ERR no such key" and ask(port, "GET a") == "VALUE 1"
+    # the second run: nothing to copy, the process runs v1 already; the facts say so
+    tasks += ("    - katana.hotpatch.katana_facts:\n        program: kvd\n"
+              "        katana: \"{{ katana }}\"\n"
+              "    - ansible.builtin.copy:\n"
+              "        content: \"{{ katana_processes | to_json }}\"\n"
+              "        dest: \"{{ out }}/facts.json\"\n"
+              "      changed_when: false\n")
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks)
+    assert (changed, failed) == (0, 0), run.stdout
+    assert saved["first"]["copied"] is False
+    assert [r["result"] for r in saved["first"]["results"]] == ["unchanged"]
+    mine = [p for p in saved["facts"] if p["pid"] == live.pid]
+    assert len(mine) == 1 and mine[0]["patched"] is True
+    assert [o["effective"] for o in mine[0]["objects"] if o["object"] == "kvd"] == ["v1"]
+    assert live.alive()
+
+
+def test_check_mode_changes_nothing(needs_json, project, server, tmp_path):
+    live, port = server
+    before = code_snapshot(live.pid)
+    assert before == file_code(live.pid)
+    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"),
+                       target=[str(live.pid)])
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks, "--check")
+    assert (changed, failed) == (1, 0), run.stdout  # apply would go ahead
+    assert [r["result"] for r in saved["check"]["results"]] == ["ready"]
+    assert code_snapshot(live.pid) == file_code(live.pid) == before
+    assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+
+
+def test_reverted_brings_v0_back(needs_json, project, server, tmp_path):
+    live, port = server
+    po = str(project / "patches/kvd-v0-v1.po")
+    katana("apply", po, str(live.pid), check=True)
+    assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "ERR no such key"
+    tasks = (patch_task("revert", patch=po, target=[str(live.pid)], state="reverted")
+             + patch_task("again", patch=po, target=[str(live.pid)], state="reverted"))
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks)
+    assert (changed, failed) == (1, 0), run.stdout  # the second task finds nothing to revert
+    assert [r["result"] for r in saved["revert"]["results"]] == ["reverted"]
+    assert saved["again"]["changed"] is False
+    assert ask(port, "GET ab") == "VALUE 1"
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+
+
+def test_a_po_for_another_build_fails_the_host(needs_json, project, server, tmp_path):
+    live, port = server
+    tasks = patch_task("wrong", patch=str(project / "patches/kvd-v1-v2.po"),
+                       target=[str(live.pid)])
+    run, (_, changed, failed), _ = playbook(tmp_path, tasks)
+    assert run.returncode != 0 and (changed, failed) == (0, 1), run.stdout
+    fatal = re.search(r"^fatal: \[localhost\]: FAILED! => (\{.*\})$", run.stdout, re.M)
+    assert fatal, run.stdout
+    result = json.loads(fatal.group(1))
+    assert result["msg"].startswith("katana: ") and "build-id" in result["msg"], result["msg"]
+    assert [(r["pid"], r["code"]) for r in result["results"]] == [(live.pid, 9)]
+    assert live.alive() and ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
+
+
+def test_the_collection_builds_and_documents_its_modules(tmp_path):
+    built = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION),
+                            "--output-path", str(tmp_path)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ah")})
+    assert built.returncode == 0, built.stdout + built.stderr
+    (tarball,) = tmp_path.glob("katana-hotpatch-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    assert {"MANIFEST.json", "plugins/modules/katana_patch.py", "plugins/modules/katana_facts.py",
+            "plugins/action/katana_patch.py", "plugins/module_utils/katana.py"} <= names
+    docs = subprocess.run([str(BIN / "ansible-doc"), "--json", "-t", "module",
+                           "katana.hotpatch.katana_patch", "katana.hotpatch.katana_facts"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
+                               "ANSIBLE_HOME": str(tmp_path / "ah")})
+    assert docs.returncode == 0, docs.stderr
+    found = json.loads(docs.stdout)
+    patch = found["katana.hotpatch.katana_patch"]
+    assert set(patch["doc"]["options"]) == {"patch", "src", "target", "program", "user", "exe",
+                                            "state", "timeout", "require_signature", "katana"}
+    assert patch["examples"] and patch["return"]["results"]
+    assert "katana_processes" in str(found["katana.hotpatch.katana_facts"]["return"])

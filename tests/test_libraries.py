@@ -1,0 +1,312 @@
+"""Shared libraries the project builds, patched live like programs (tests/scenarios/library).
+
+libkv.so holds the logic and its state (static counters, a thread-local counter reached with
+the initial-exec model, a static struct); ``prog`` links it and prints one line per tick,
+``other`` is a second program linking it, ``plugin`` dlopen()s it. The versions: v1 changes the
+library (value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the
+library's struct by a field in the middle (5 x). Every line keeps invariants: calls and the
+thread-local count equal the tick, total is the sum of ticks: state lost shows as a break.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from livekit import SCENARIOS, Live, build_library_version, katana  # noqa: E402
+
+pytestmark = pytest.mark.live
+
+TIMEOUT = 20.0
+VERSIONS = ("v0", "v1", "v2", "v3")
+
+
+class Project:
+    """The library scenario's versions, built once per PIE variant; POs made on demand."""
+
+    def __init__(self, root: Path, pie: bool) -> None:
+        self.root = root
+        self.built = {v: build_library_version(SCENARIOS / "library" / v, root / v, pie=pie)
+                      for v in VERSIONS}
+        self._pos: dict[tuple[str, str, str], Path] = {}
+
+    def po(self, name: str, frm: str, to: str) -> Path:
+        if (name, frm, to) not in self._pos:
+            out = self.root / f"{name}-{frm}-{to}.po"
+            katana("generate", "-o", str(out), str(self.root / frm), str(self.root / to), name,
+                   check=True)
+            self._pos[name, frm, to] = out
+        return self._pos[name, frm, to]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    cache: dict[bool, Project] = {}
+
+    def get(pie: bool) -> Project:
+        if pie not in cache:
+            cache[pie] = Project(tmp_path_factory.mktemp("pie" if pie else "nopie"), pie)
+        return cache[pie]
+
+    return get
+
+
+@pytest.fixture
+def procs():
+    """start(exe, *args) -> Live, every process killed when the test ends."""
+    with ExitStack() as stack:
+        def start(exe: Path | str, *args: str) -> Live:
+            live = Live([str(exe), *args])
+            stack.callback(live.kill)
+            return live
+        yield start
+
+
+def fields(line: str) -> dict[str, int | str]:
+    found = dict(re.findall(r"(\w+) (-?\d+|v\d)", line))
+    return {k: (v if v.startswith("v") else int(v)) for k, v in found.items()}
+
+
+def lines_after(live: Live, count: int = 4) -> list[dict]:
+    """``count`` lines all printed by the code now in place: the line being computed while
+    katana ran may still be the old code's, so it is skipped."""
+    start = live.mark() + 1
+    live.wait_for(r".", after=start + count - 1, timeout=TIMEOUT)
+    return [fields(x) for x in live.lines[start:start + count]]
+
+
+def apply(po: Path, *pids: int | str) -> subprocess.CompletedProcess:
+    result = katana("apply", str(po), *map(str, pids))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def assert_state_kept(lines: list[dict]) -> None:
+    """The library's statics and its thread-local counter went on from where v0 left them."""
+    for f in lines:
+        assert f["calls"] == f["tls"] == f["hits"] == f["tick"], f
+        assert f["total"] == f["tick"] * (f["tick"] + 1) // 2, f
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+def test_only_the_library_changes(project, procs, pie):
+    p = project(pie)
+    po = p.po("libkv.so", "v0", "v1")
+    listing = json.loads(katana("list", "--json", str(po), check=True).stdout)
+    assert (listing["kind"], listing["soname"], listing["program"]) == \
+        ("library", "libkv.so", "libkv.so")
+    assert [f["name"] for f in listing["functions"]] == ["kv_compute"]
+    live = procs(p.built["v0"]["prog"])
+    live.wait_for(r"^tick 5 ", timeout=TIMEOUT)
+    out = apply(po, live.pid).stdout
+    assert "library libkv.so at 0x" in out
+    after = lines_after(live)
+    for f in after:  # the changed function, which also counts in the thread-local variable
+        assert f["value"] == 3 * f["tick"] and f["tag"] == "v0", f
+    assert_state_kept(after)
+    status = katana("status", str(live.pid), check=True).stdout
+    assert "library libkv.so, soname libkv.so:" in status and "1. libkv.so v0 -> v1" in status
+    patches = json.loads(katana("status", "--json", str(live.pid), check=True).stdout)["patches"]
+    assert [(x["kind"], x["program"], x["soname"]) for x in patches] == \
+        [("library", "libkv.so", "libkv.so")]
+
+
+@pytest.mark.parametrize("pie,order", [(True, "library first"), (False, "program first")])
+def test_library_and_program_both_change(project, procs, pie, order):
+    p = project(pie)
+    pos = [p.po("libkv.so", "v0", "v1"), p.po("prog", "v0", "v1")]
+    live = procs(p.built["v0"]["prog"])
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    for po in pos if order == "library first" else pos[::-1]:
+        apply(po, live.pid)
+    after = lines_after(live)
+    for f in after:
+        assert f["value"] == 3 * f["tick"] and f["tag"] == "v1", f
+    assert_state_kept(after)
+    status = katana("status", str(live.pid), check=True).stdout
+    assert re.search(r"program prog:\n.*prog v0 -> v1.*\n(.*\n)*    running: v1", status)
+    assert re.search(r"library libkv.so, soname libkv.so:\n.*libkv.so v0 -> v1", status)
+
+
+def test_all_means_every_process_that_maps_the_library(project, procs):
+    p = project(True)
+    v0 = p.built["v0"]
+    lives = [procs(v0["prog"]), procs(v0["other"]), procs(v0["plugin"])]
+    newer = procs(p.built["v1"]["prog"])  # maps libkv.so of v1: another build
+    for live in lives + [newer]:
+        live.wait_for(r"tick 2 ", timeout=TIMEOUT)
+    result = apply(p.po("libkv.so", "v0", "v1"), "all")
+    assert "3 patched, 1 skipped, 0 failed (of 4)" in result.stdout, result.stdout
+    assert f"{newer.pid}: skipped" in result.stderr
+    for live in lives:  # linked or dlopen'ed, by whichever program
+        for f in lines_after(live, 2):
+            assert f["value"] == 3 * f["tick"] and f["calls"] == f["tick"], (live.lines[-2:])
+    for f in lines_after(newer, 2):
+        assert f["value"] == 3 * f["tick"]  # v1 of its own
+
+
+def test_stacked_library_patches_then_reverted(project, procs):
+    p = project(False)
+    live = procs(p.built["v0"]["prog"])
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    apply(p.po("libkv.so", "v0", "v1"), live.pid)
+    apply(p.po("prog", "v0", "v1"), live.pid)  # the program's own patch, in between
+    apply(p.po("libkv.so", "v1", "v2"), live.pid)
+    for f in lines_after(live, 2):
+        assert f["value"] == 4 * f["tick"] and f["tag"] == "v1", f
+    status = katana("status", str(live.pid), check=True).stdout
+    assert re.search(r"1\. libkv.so v0 -> v1(.*\n)*.*3\. libkv.so v1 -> v2(.*\n)*"
+                     r"    running: v2", status), status
+    # revert takes the newest patch of the process, whichever object it patched
+    expected = [(3, "v1", "libkv.so v2 -> v1"), (3, "v0", "prog v1 -> v0"),
+                (2, "v0", "libkv.so v1 -> v0")]
+    for factor, tag, what in expected:
+        out = katana("revert", str(live.pid), check=True).stdout
+        assert f"reverted {what}" in out
+        after = lines_after(live, 2)
+        for f in after:
+            assert f["value"] == factor * f["tick"] and f["tag"] == tag, f
+        assert_state_kept(after)
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+
+
+def test_a_library_struct_grows(project, procs):
+    p = project(True)
+    po = p.po("libkv.so", "v0", "v3")
+    listing = json.loads(katana("list", "--json", str(po), check=True).stdout)
+    assert [(v["name"], v["status"]) for v in listing["variables"]] == [("kv_stats", "transformed")]
+    live = procs(p.built["v0"]["prog"])
+    first = live.wait_for(r"^tick 6 ", timeout=TIMEOUT)
+    assert fields(first.string)["misses"] == -1
+    apply(po, live.pid)
+    after = lines_after(live)
+    # hits and total kept their values in the new layout, misses (the new field) started at 0
+    # and counts the odd ticks since; kv_hits, unchanged, reads the moved struct too
+    assert_state_kept(after)
+    odd = [f["misses"] for f in after]
+    assert all(b - a == f["tick"] % 2 for a, b, f in zip(odd, odd[1:], after[1:], strict=False))
+    assert 0 <= odd[0] <= (after[0]["tick"] - 6) // 2 + 1
+    for f in after:
+        assert f["value"] == 5 * f["tick"], f
+    refused = katana("revert", str(live.pid))
+    assert refused.returncode == 11 and "cannot be reverted" in refused.stderr
+
+
+def test_a_process_without_that_library_build_is_refused(project, procs):
+    p = project(True)
+    po = p.po("libkv.so", "v0", "v1")
+    newer = procs(p.built["v1"]["prog"])
+    newer.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    refused = katana("apply", str(po), str(newer.pid))
+    assert refused.returncode == 9, refused.stderr
+    lib_v1 = p.root / "v1" / "libkv.so"
+    assert "does not map the library this patch is for: libkv.so v0, build-id" in refused.stderr
+    assert f"it maps {lib_v1} build-id" in refused.stderr
+    assert "katana apply PO all" in refused.stderr and "Traceback" not in refused.stderr
+    for f in lines_after(newer, 2):
+        assert f["value"] == 3 * f["tick"]
+    # a process that maps no libkv.so at all
+    plain = procs("sleep", "60")
+    refused = katana("apply", str(po), str(plain.pid))
+    assert refused.returncode == 9 and "maps no library named libkv.so" in refused.stderr
+
+
+def test_a_library_po_that_does_not_say_so_gets_a_hint_that_leads_there(project, procs,
+                                                                         tmp_path):
+    """A PO of a library made before POs recorded their object reads as a program's: the
+    refusal says which mapped library it is for and how to make a PO that says so."""
+    from katana.po import load_po, write_po
+
+    p = project(True)
+    po = load_po(p.po("libkv.so", "v0", "v1"))
+    po.meta.target = None
+    old = tmp_path / "old.po"
+    write_po(po, old)
+    live = procs(p.built["v0"]["prog"])
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    refused = katana("apply", str(old), str(live.pid))
+    assert refused.returncode == 9
+    assert f"the patch is for the library {p.root / 'v0' / 'libkv.so'} that this process " \
+        "maps" in refused.stderr.replace("\n", " ")
+    assert "katana generate OLD NEW LIBRARY" in refused.stderr
+
+
+def test_thread_local_through_tls_get_addr_is_refused_at_generation(tmp_path):
+    model = ('-DKV_TLS_MODEL="global-dynamic"',)
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v, cflags=model)
+    refused = katana("generate", "-o", str(tmp_path / "x.po"), str(tmp_path / "v0"),
+                     str(tmp_path / "v1"), "libkv.so")
+    assert refused.returncode == 5, refused.stderr
+    assert "thread_calls through __tls_get_addr" in refused.stderr
+    assert "initial-exec" in refused.stderr and "Traceback" not in refused.stderr
+
+
+SCONSTRUCT = """\
+import katana.build.scons_tool
+env = Environment(tools=['default', 'katana'], toolpath=[katana.build.scons_tool.TOOLPATH])
+env.Append(SHLINKFLAGS=['-Wl,-soname,libkv.so'])
+env.SharedLibrary('kv', ['libkv.c'])
+prog = env.Clone()
+prog.Append(LINKFLAGS=['-Wl,-rpath,\\\\$$ORIGIN'])  # finds libkv.so beside it, in a release too
+prog.Program('prog', ['prog.c'], LIBS=['kv'], LIBPATH=['.'])
+"""
+
+
+def scons(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCONS")}
+    result = subprocess.run([sys.executable, "-m", "SCons", "-Q", *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.scons
+def test_scons_releases_and_patches_a_library_like_a_program(tmp_path, procs):
+    (tmp_path / "SConstruct").write_text(SCONSTRUCT)
+    for version in ("v0", "v1"):  # one tree, checked out at each version in turn
+        for name in ("libkv.c", "kv.h", "prog.c"):
+            (tmp_path / name).write_text((SCENARIOS / "library" / version / name).read_text())
+        out = scons(tmp_path, "release", f"VERSION={version}")
+        assert " -fPIC " in out and "-Wl,--build-id=sha1" in out
+    manifest = json.loads((tmp_path / "releases" / "v0" / "manifest.json").read_text())
+    lib = manifest["programs"]["libkv.so"]
+    assert (lib["kind"], lib["soname"], lib["objects"]) == \
+        ("shared_library", "libkv.so", ["libkv.os"])
+    out = scons(tmp_path, "patch", "FROM=v0", "TO=v1")
+    assert "patches/libkv.so-v0-v1.po: libkv.so (shared library) v0 -> v1" in out, out
+    assert "patches/prog-v0-v1.po: prog v0 -> v1" in out, out
+    # the snapshot's own copy runs, and takes its library's patch
+    live = procs(tmp_path / "releases" / "v0" / "prog")
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    apply(tmp_path / "patches" / "libkv.so-v0-v1.po", live.pid)
+    for f in lines_after(live, 2):
+        assert f["value"] == 3 * f["tick"] and f["tag"] == "v0", f
+    # katana generate on the snapshots names the PO as scons patch does
+    again = katana("generate", str(tmp_path / "releases" / "v0"),
+                   str(tmp_path / "releases" / "v1"), "libkv.so", check=True).stdout
+    assert "patches/libkv.so-v0-v1.po" in again
+
+
+def test_the_safe_point_covers_the_library_functions(tmp_path, procs):
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library_busy" / v, tmp_path / v)
+    po = tmp_path / "busy.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"),
+           "libbusy.so", check=True)
+    config = tmp_path / "katana.conf"
+    config.write_text("{maxWaitForPatching: 1}")
+    live = procs(tmp_path / "v0" / "prog")
+    live.wait_for(r"^tick 2$", timeout=TIMEOUT)
+    refused = katana("-c", str(config), "apply", str(po), str(live.pid))
+    assert refused.returncode == 10, refused.stderr
+    assert "busy_work" in refused.stderr
+    assert "no katana patches applied" in katana("status", str(live.pid)).stdout
+    live.wait_for(r"^tick", after=live.mark() + 1, timeout=TIMEOUT)

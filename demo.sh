@@ -2,20 +2,25 @@
 # The whole Katana story on the example key-value server, on a fresh machine with python3, gcc
 # and patch. One source tree changes from release to release, in a working copy (demo/):
 #   v0        start the server, show its bug
-#   v0 -> v1  make the patch, apply it to the running server, show the fix; revert; apply again
+#   v0 -> v1  make the patch, check and apply it on the running server, show the fix; revert;
+#             apply again
 #   v1 -> v2  a struct grows: a signed patch moves every live entry to the new layout
-#   status    what the server runs now, and who patched it
-# VERBOSE=1 ./demo.sh prints the compiler command lines too.
+#   status    what the server runs now, and who patched it; katana ps, the host's view
+# VERBOSE=1 ./demo.sh prints the compiler command lines too. tests/test_demo.py runs it.
 set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 change() { printf '$ patch -p1 < %s\n' "$1"; patch -p1 < "$1"; }
 
-say "setting up (.venv)"
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
-export PATH="$PWD/.venv/bin:$PATH"
+if [ -n "${KATANA_DEMO_VENV:-}" ]; then  # an environment with katana already (the tests')
+    export PATH="$KATANA_DEMO_VENV/bin:$PATH"
+else
+    say "setting up (.venv)"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install -q -e '.[test]'
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
 verbose=${VERBOSE:+VERBOSE=1}
 
 say "a working copy of the example (demo/): the tree of example_project/src is at v0"
@@ -44,7 +49,8 @@ run scons -Q $verbose release VERSION=v1
 run scons -Q patch FROM=v0 TO=v1
 run katana list patches/kvd-v0-v1.po
 
-say "applying it to the running server (pid $server)"
+say "applying it to the running server (pid $server): a pre-flight check, then apply"
+run katana check patches/kvd-v0-v1.po "$server"
 run katana apply patches/kvd-v0-v1.po "$server"
 
 say "after the patch: same process, same data, bug fixed"
@@ -83,6 +89,8 @@ kv STATS
 
 say "what the server runs now, and who patched it"
 run katana status "$server"
+echo "the host's view: every patched process"
+run katana ps
 echo "a patch that moved data to a new layout cannot be reverted:"
 run katana revert "$server" || echo "(exit status $?)"
 

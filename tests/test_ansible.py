@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -48,9 +49,13 @@ def project(tmp_path_factory) -> Path:
             advance(root, version)
         subprocess.run([*scons, "release", f"VERSION={version}"], cwd=root, check=True,
                        capture_output=True, timeout=300)
+    katana("keygen", str(root / "ci"), check=True)
     for a, b in (("v0", "v1"), ("v1", "v2")):
-        subprocess.run([*scons, "patch", f"FROM={a}", f"TO={b}"], cwd=root, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run([*scons, "patch", f"FROM={a}", f"TO={b}", "SIGN_KEY=ci.key"], cwd=root,
+                       check=True, capture_output=True, timeout=300)
+    # the managed host's own configuration trusts the key (HOME is the test's: ~/.katana)
+    (root / "home").mkdir()
+    (root / "home" / ".katana").write_text(f'{{trustedKeys: ["{root / "ci.pub"}"]}}\n')
     return root
 
 
@@ -70,19 +75,27 @@ def ask(port: int, line: str) -> str:
         return sock.makefile().readline().rstrip("\n")
 
 
-def playbook(tmp_path: Path, tasks: str, *options: str) -> tuple[subprocess.CompletedProcess,
-                                                                  tuple[int, int, int], dict]:
+def ansible_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of every ansible command here: the collection where it is in the
+    repository, and nothing of Ansible's (config, cache, temporary files) outside tmp_path."""
+    (tmp_path / "ansible.cfg").write_text("")
+    return {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
+            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ah"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "lt"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "rt"),
+            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+
+
+def playbook(tmp_path: Path, tasks: str, *options: str, home: Path | None = None
+             ) -> tuple[subprocess.CompletedProcess, tuple[int, int, int], dict]:
     """Run a play of ``tasks`` on localhost; (the run, (ok, changed, failed), what the tasks
     registered as ``result``... written to result_<name>.json)."""
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     play = tmp_path / "play.yml"
     play.write_text(f"- hosts: localhost\n  gather_facts: false\n  tasks:\n{tasks}")
-    (tmp_path / "ansible.cfg").write_text("")
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
-           "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"), "ANSIBLE_HOME": str(tmp_path / "ah"),
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "lt"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "rt"),
-           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env = ansible_env(tmp_path)
+    if home:
+        env["HOME"] = str(home)
     run = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"katana={BIN / 'katana'}",
@@ -96,13 +109,14 @@ def playbook(tmp_path: Path, tasks: str, *options: str) -> tuple[subprocess.Comp
     return run, tuple(int(x) for x in recap.groups()), saved
 
 
-def patch_task(name: str, **args) -> str:
+def patch_task(name: str, ignore_errors: bool = False, **args) -> str:
     """A katana_patch task registering its result, and a task saving it to out/<name>.json
     (saved in check mode too: check_mode: false)."""
     options = "".join(f"        {k}: {json.dumps(v)}\n" for k, v in args.items())
     return (f"    - name: {name}\n      katana.hotpatch.katana_patch:\n{options}"
             "        katana: \"{{ katana }}\"\n"
             f"      register: {name}\n"
+            + ("      ignore_errors: true\n" if ignore_errors else "") +
             f"    - ansible.builtin.copy:\n"
             f"        content: \"{{{{ {name} | to_json }}}}\"\n"
             f"        dest: \"{{{{ out }}}}/{name}.json\"\n"
@@ -127,13 +141,19 @@ def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
     live, port = server
     exe = str(project / "releases/v0/kvd")
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"  # the v0 bug
-    # from the controller's copy, to where the host keeps it; every kvd of this executable
+    # from the controller's copy (signed), to where the host keeps it; every kvd of this
+    # executable; signed by a key the host trusts
     tasks = patch_task("first", src=str(project / "patches/kvd-v0-v1.po"),
-                       patch=str(tmp_path / "kvd-v0-v1.po"), target="all", exe=exe, timeout=10)
-    run, (_, changed, failed), saved = playbook(tmp_path, tasks)
+                       patch=str(tmp_path / "kvd-v0-v1.po"), target="all", exe=exe, timeout=10,
+                       require_signature=True)
+    home = project / "home"
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks, home=home)
     assert (changed, failed) == (1, 0), run.stdout
     first = saved["first"]
     assert first["copied"] is True and (first["from"], first["to"]) == ("v0", "v1")
+    assert (tmp_path / "kvd-v0-v1.po.sig").read_bytes() == \
+        (project / "patches/kvd-v0-v1.po.sig").read_bytes()
+    assert "(trusted)" in katana("status", str(live.pid)).stdout
     assert [(r["pid"], r["result"]) for r in first["results"]] == [(live.pid, "applied")]
     assert ask(port, "GET ab") == "ERR no such key" and ask(port, "GET a") == "VALUE 1"
     # the second run: nothing to copy, the process runs v1 already; the facts say so
@@ -143,7 +163,7 @@ def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
               "        content: \"{{ katana_processes | to_json }}\"\n"
               "        dest: \"{{ out }}/facts.json\"\n"
               "      changed_when: false\n")
-    run, (_, changed, failed), saved = playbook(tmp_path, tasks)
+    run, (_, changed, failed), saved = playbook(tmp_path, tasks, home=home)
     assert (changed, failed) == (0, 0), run.stdout
     assert saved["first"]["copied"] is False
     assert [r["result"] for r in saved["first"]["results"]] == ["unchanged"]
@@ -157,11 +177,12 @@ def test_check_mode_changes_nothing(needs_json, project, server, tmp_path):
     live, port = server
     before = code_snapshot(live.pid)
     assert before == file_code(live.pid)
-    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"),
-                       target=[str(live.pid)])
+    # all, narrowed by program (katana ps --program) and exe: this test's server alone
+    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"), target="all",
+                       program="kvd", exe=str(project / "releases/v0/kvd"))
     run, (_, changed, failed), saved = playbook(tmp_path, tasks, "--check")
     assert (changed, failed) == (1, 0), run.stdout  # apply would go ahead
-    assert [r["result"] for r in saved["check"]["results"]] == ["ready"]
+    assert [(r["pid"], r["result"]) for r in saved["check"]["results"]] == [(live.pid, "ready")]
     assert code_snapshot(live.pid) == file_code(live.pid) == before
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
     assert "no katana patches applied" in katana("status", str(live.pid)).stdout
@@ -172,10 +193,17 @@ def test_reverted_brings_v0_back(needs_json, project, server, tmp_path):
     po = str(project / "patches/kvd-v0-v1.po")
     katana("apply", po, str(live.pid), check=True)
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "ERR no such key"
-    tasks = (patch_task("revert", patch=po, target=[str(live.pid)], state="reverted")
+    # an unsigned copy of the next patch is refused under require_signature, before the
+    # process is touched (else the v0 -> v1 patch could not be reverted below: v2 builds on it)
+    unsigned = tmp_path / "kvd-v1-v2.po"
+    shutil.copy(project / "patches/kvd-v1-v2.po", unsigned)
+    tasks = (patch_task("unsigned", ignore_errors=True, patch=str(unsigned),
+                        target=[str(live.pid)], require_signature=True)
+             + patch_task("revert", patch=po, target=[str(live.pid)], state="reverted")
              + patch_task("again", patch=po, target=[str(live.pid)], state="reverted"))
     run, (_, changed, failed), saved = playbook(tmp_path, tasks)
-    assert (changed, failed) == (1, 0), run.stdout  # the second task finds nothing to revert
+    assert (changed, failed) == (1, 0), run.stdout  # the last task finds nothing to revert
+    assert saved["unsigned"]["failed"] is True and "not signed" in saved["unsigned"]["msg"]
     assert [r["result"] for r in saved["revert"]["results"]] == ["reverted"]
     assert saved["again"]["changed"] is False
     assert ask(port, "GET ab") == "VALUE 1"
@@ -199,7 +227,7 @@ def test_a_po_for_another_build_fails_the_host(needs_json, project, server, tmp_
 def test_the_collection_builds_and_documents_its_modules(tmp_path):
     built = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION),
                             "--output-path", str(tmp_path)], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ah")})
+                           timeout=120, env=ansible_env(tmp_path))
     assert built.returncode == 0, built.stdout + built.stderr
     (tarball,) = tmp_path.glob("katana-hotpatch-*.tar.gz")
     with tarfile.open(tarball) as tar:
@@ -209,8 +237,7 @@ def test_the_collection_builds_and_documents_its_modules(tmp_path):
     docs = subprocess.run([str(BIN / "ansible-doc"), "--json", "-t", "module",
                            "katana.hotpatch.katana_patch", "katana.hotpatch.katana_facts"],
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / "ansible"),
-                               "ANSIBLE_HOME": str(tmp_path / "ah")})
+                          env=ansible_env(tmp_path))
     assert docs.returncode == 0, docs.stderr
     found = json.loads(docs.stdout)
     patch = found["katana.hotpatch.katana_patch"]
@@ -218,3 +245,22 @@ def test_the_collection_builds_and_documents_its_modules(tmp_path):
                                             "state", "timeout", "require_signature", "katana"}
     assert patch["examples"] and patch["return"]["results"]
     assert "katana_processes" in str(found["katana.hotpatch.katana_facts"]["return"])
+
+
+def test_the_rollout_of_docs_fleet_md_parses(tmp_path):
+    doc = (REPO / "docs" / "fleet.md").read_text()
+    (rollout,) = re.findall(r"```yaml\n(# rollout.yml.*?)```", doc, re.S)
+    (tmp_path / "rollout.yml").write_text(rollout)
+    (tmp_path / "hosts").write_text("[canary]\nc1\n[kvd]\nc1\nk2\nk3\n")
+    env = ansible_env(tmp_path)
+    checked = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts"),
+                              "--syntax-check", "--list-tasks", str(tmp_path / "rollout.yml")],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts"),
+                             "--list-hosts", str(tmp_path / "rollout.yml")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    canary, rest = listed.stdout.split("play #2")
+    assert "c1" in canary and "k2" not in canary
+    assert "k2" in rest and "k3" in rest and "c1" not in rest

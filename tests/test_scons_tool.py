@@ -510,6 +510,7 @@ def test_repository_sconstruct_builds_the_tree_quietly(repo_copy):
     assert "gcc" not in out
     ok(scons(repo_copy, "-c"))
     assert "-ffunction-sections" in ok(scons(repo_copy, "VERBOSE=1")).stdout
+    assert "VERBOSE: 1 prints the compiler" in ok(scons(repo_copy, "-h")).stdout
     # the tree is at v0: a release named otherwise is refused, naming the change to apply
     result = scons(repo_copy, "release", "VERSION=v1")
     assert result.returncode == 2 and "example_project/changes/v0-v1.diff" in result.stdout

@@ -17,6 +17,9 @@ description:
   - In check mode it runs C(katana check), which makes every verification apply makes (policy
     and signature, build-id, symbols, which functions are in use) without a write and without a
     stop longer than one safe-point probe. A process apply would patch reports C(changed).
+    With O(state=reverted), check mode reports the processes that carry the PO (from
+    C(katana ps)); whether katana would refuse to take it out (it moved data to a new layout,
+    or later patches depend on it) shows only when it runs.
   - The host fails when any process fails, with katana's message for each; the processes that
     failed run on exactly as before.
   - It reads C(katana ... --json) (schema 1, C(docs/json.md) in the Katana repository).
@@ -248,22 +251,30 @@ def targets(module):
     return target
 
 
-def by_program(katana, module, args):
-    """With program: the PIDs of that program that the other filters keep (from katana ps)."""
-    if args[0] != "all" or not module.params["program"]:
-        return args
-    user, exe = module.params["user"], module.params["exe"]
-    pids = [str(p["pid"]) for p in katana.processes(module.params["program"])
-            if (not user or user in (p.get("user"), str(p.get("uid"))))
-            and (not exe or os.path.realpath(exe) == p.get("exe"))]
-    return pids
+def kept(process, module):
+    """Whether a process of `katana ps` passes program, user and exe, as katana's all would."""
+    program, user, exe = (module.params[k] for k in ("program", "user", "exe"))
+    if program and process.get("program") != program:
+        return False
+    if user and user not in (process.get("user"), str(process.get("uid"))):
+        return False
+    if exe:
+        try:  # the same file, as katana's --exe compares it (device and inode)
+            return os.path.samefile(exe, f"/proc/{process['pid']}/exe")
+        except OSError:
+            return False
+    return True
 
 
 def apply(katana, module, po):
     """state=applied: katana apply, or katana check in check mode."""
-    args = by_program(katana, module, targets(module))
-    if not args:
-        return {"results": [], "summary": {"total": 0}}, False
+    args = targets(module)
+    if args[0] == "all" and module.params["program"]:
+        # katana's all is every process of the PO's program; program narrows a library's PO
+        args = [str(p["pid"]) for p in katana.processes(module.params["program"])
+                if kept(p, module)]
+        if not args:
+            return {"results": [], "summary": {"total": 0}}, False
     data = katana.run("check" if module.check_mode else "apply", po, *args)
     return data, True
 
@@ -271,11 +282,13 @@ def apply(katana, module, po):
 def revert(katana, module, po):
     """state=reverted: katana revert PID PATCH for each process that carries this PO."""
     sha = sha256(po)
-    args = by_program(katana, module, targets(module))
-    carrying = {p["pid"] for p in katana.processes() if sha in patch_shas(p)}
-    pids = sorted(carrying) if args and args[0] == "all" else [int(a) for a in args]
-    if args and args[0] == "all" and (module.params["user"] or module.params["exe"]):
-        pids = _filtered(katana, module, pids)
+    args = targets(module)
+    processes = katana.processes(module.params["program"])
+    carrying = {p["pid"] for p in processes if sha in patch_shas(p)}
+    if args[0] == "all":
+        pids = sorted(p["pid"] for p in processes if p["pid"] in carrying and kept(p, module))
+    else:
+        pids = [int(a) for a in args]
     results, cmds = [], []
     for pid in pids:
         if pid not in carrying:
@@ -291,14 +304,6 @@ def revert(katana, module, po):
                 katana.fail(data, cmd=cmds)
             results += data.get("results", [])
     return {"results": results, "cmd": cmds, "po_sha256": sha}
-
-
-def _filtered(katana, module, pids):
-    user, exe = module.params["user"], module.params["exe"]
-    keep = {p["pid"] for p in katana.processes()
-            if (not user or user in (p.get("user"), str(p.get("uid"))))
-            and (not exe or os.path.realpath(exe) == p.get("exe"))}
-    return [pid for pid in pids if pid in keep]
 
 
 def main():

@@ -10,7 +10,7 @@ import bisect
 import os
 import struct
 import time
-from typing import NamedTuple
+from collections import namedtuple
 
 from katana.errors import TargetError
 
@@ -22,12 +22,14 @@ ET_DYN = 3
 PT_LOAD = 1
 
 
-class Mapping(NamedTuple):
+class Mapping(namedtuple("Mapping", "start end perms offset dev inode path")):
     """One line of /proc/PID/maps. Named tuples, not dataclasses, for the small immutable
     records of the apply path: a frozen dataclass costs ~0.3 ms to create at import (six
     generated methods, each compiled), a named tuple a tenth of that, and katana's start-up is
-    mostly its imports."""
+    mostly its imports. collections' named tuple here, not typing's: ``katana status`` imports
+    this module and would import typing for it alone."""
 
+    __slots__ = ()
     start: int
     end: int
     perms: str  # "r-xp"
@@ -56,9 +58,10 @@ class Mapping(NamedTuple):
         return self.start <= addr < self.end
 
 
-class Library(NamedTuple):
+class Library(namedtuple("Library", "path base bias mappings")):
     """A shared object loaded in the process. ``bias`` is added to its symbol values."""
 
+    __slots__ = ()
     path: str
     base: int  # start of its mapping at file offset 0
     bias: int

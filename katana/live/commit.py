@@ -43,6 +43,9 @@ class Commit:
         self._record: bytes | None = None
         self._unplanned: list[tuple[int, bytes]] = []  # read at stage, checked when stopped
         self._recorded = False
+        self._spans: list[tuple[int, int]] | None = None  # see _plan_spans
+        self._checks: list[tuple[int, int, bytes, str]] = []
+        self._jumps: list[tuple[int, int, bytes]] = []
 
     def stage(self) -> None:
         """Everything that does not need the target stopped (the process seized)."""
@@ -56,30 +59,31 @@ class Commit:
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
         borrower = Borrower(proc, maps)
+        rx = inject.PROT_READ | inject.PROT_EXEC
+        # The code's pages are made read-execute by the same borrowed thread, right after
+        # the mmap (one borrowing); the code is then written through /proc/PID/mem, which a
+        # tracer may do into a read-only private mapping. Nothing leads there yet.
+        text = (plan.layout.text_start, plan.layout.text_size, rx) \
+            if plan.layout.text_size else None
         try:
             obj = plan.obj
             # within rel32 reach of the object patched: the program, or a library
             near = None if obj is None else (*obj.extent, obj.low_2g)
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
-                                          inject.PROT_READ | inject.PROT_WRITE, maps, near)
+                                          inject.PROT_READ | inject.PROT_WRITE, maps, near,
+                                          protect=text)
+            if text and not alloc.protected(procfs.maps_text(plan.pid), self.base + text[0],
+                                            text[1], rx):
+                raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
             self._resolve_libraries()
             image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i],
                          self._tls_index)
             start = plan.layout.text_start
             proc.write(self.base + start, bytes(image[start:]))
-            text = (self.base + start, plan.layout.text_size)
-            if plan.layout.text_size:
-                def executable() -> bool:
-                    m = proc.mapping_at(text[0])
-                    return m is not None and m.perms[:3] == "r-x"
-
-                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC,
-                                 effect=executable)
-                if not executable():
-                    raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
         finally:
             borrower.close()
         self._plan_writes()
+        self._plan_spans(maps)  # the patched object's and earlier regions' mappings, as read here
         if not plan.transfers:
             self._record = self._encode_record()
 
@@ -116,26 +120,35 @@ class Commit:
         self.record = record
         return raw
 
-    def run(self) -> Record:
-        """At the safe point: check, redirect, record."""
-        proc = self.proc
+    def _plan_spans(self, maps: list[procfs.Mapping] | None = None) -> None:
+        """Before the stop: the spans of nearby places read and written as one (one read per
+        cluster to check, one write to switch on), and where each check and jump falls."""
         checks = [(r.start, r.expected, r.name) for r in self.plan.redirects if r.expected]
         checks += [(address, old, f"the code at {address:#x}") for address, old in
                    self._unplanned]
-        clusters = _clusters([(a, len(e)) for a, e, _ in checks] +
-                             [(a, len(n)) for a, _o, n in self._writes], proc.cached_maps())
+        self._spans = _clusters([(a, len(e)) for a, e, _ in checks] +
+                                [(a, len(n)) for a, _o, n in self._writes],
+                                self.proc.cached_maps() if maps is None else maps)
+        self._checks = [(_cluster_of(self._spans, a), a, e, name) for a, e, name in checks]
+        self._jumps = [(_cluster_of(self._spans, a), a, new) for a, _o, new in self._writes]
+
+    def run(self) -> Record:
+        """At the safe point: check, redirect, record."""
+        proc = self.proc
+        if self._spans is None:
+            self._plan_spans()
+        spans = self._spans
         # One read per cluster of nearby places (the executable's text, an earlier region)
         # instead of one per function: the stop stays flat in patch size.
-        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
-        for address, expected, name in checks:
-            lo = _cluster_of(clusters, address)
+        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in spans}
+        for lo, address, expected, name in self._checks:
             if live[lo][address - lo:address - lo + len(expected)] != expected:
                 raise ApplyError(f"{name} at {address:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
         if self.plan.transfers:
             self._transfer()
             # references re-aimed in the executable's code: read the spans again
-            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
+            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in spans}
         raw = self._record if self._record is not None else self._encode_record()
         fault_point("stopped")
         # The record first: until a jump is written it counts for nothing (read_records skips
@@ -146,10 +159,9 @@ class Commit:
         proc.write(self.base, raw)
         self._recorded = True
         fault_point("recorded")
-        for address, _old, new in self._writes:
-            lo = _cluster_of(clusters, address)
+        for lo, address, new in self._jumps:
             live[lo][address - lo:address - lo + len(new)] = new
-        for lo, _hi in clusters:
+        for lo, _hi in spans:
             proc.write(lo, bytes(live[lo]))
         self.sites += [Site(address, old, new) for address, old, new in self._writes]
         fault_point("committed")

@@ -96,12 +96,13 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
     return _PO_CACHE[k]
 
 
-def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record], PatchedObject]:
+def verify(po_path: Path, pid: int, maps: list[procfs.Mapping] | None = None
+           ) -> tuple[PatchObject, str, list[Record], PatchedObject]:
     """The PO and the process belong together: the object it is for (the program, or a library
-    the process maps) runs the PO's FROM build now."""
+    the process maps) runs the PO's FROM build now. ``maps``: the process's, if at hand."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
-    records = read_records(pid)
+    records = read_records(pid, maps)
     obj = find_object(pid, po.meta, records)
     # what counts is the build the object runs now, so that v0 -> v1, v1 -> v2, v2 -> v1 can
     # be followed by v1 -> v2 again
@@ -351,10 +352,12 @@ def _plan_declared_stacks(plan: Plan) -> None:
         plan.declared_stacks = (table.value + bias, count.value + bias)
 
 
-def prepare(po_path: Path, pid: int, audit: Audit | None = None) -> Plan:
-    """Verify and plan; nothing is stopped or written yet."""
+def prepare(po_path: Path, pid: int, audit: Audit | None = None,
+            maps: list[procfs.Mapping] | None = None) -> Plan:
+    """Verify and plan; nothing is stopped or written yet. ``maps``: the process's mappings,
+    read once by the caller for what comes before the seize."""
     started = time.monotonic()
-    po, sha, records, obj = verify(po_path, pid)
+    po, sha, records, obj = verify(po_path, pid, maps)
     exe = open_executable(obj.path)
     bias = obj.bias if exe.pie else 0
     # before the record is sized

@@ -172,9 +172,10 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
             checker.hooks.unmap_running(proc)
             commit.free()
             raise
-        if checker.hooks.base:  # return hooks were used: their pages go now, the patch is in
-            proc.resume()
+        if checker.hooks.base or commit.spare_heap:
+            proc.resume()  # the patch is in: what it did not need goes while the process runs
             checker.hooks.unmap_running(proc)
+            commit.drop_spare()
         proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
         plan.timings["commit"] = time.monotonic() - stopped_at
     except BaseException:

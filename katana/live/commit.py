@@ -46,6 +46,8 @@ class Commit:
         self._spans: list[tuple[int, int]] | None = None  # see _plan_spans
         self._checks: list[tuple[int, int, bytes, str]] = []
         self._jumps: list[tuple[int, int, bytes]] = []
+        self._heap: tuple[int, int] | None = None  # room for moved pointees, mapped at stage
+        self._heap_used = False
 
     def stage(self) -> None:
         """Everything that does not need the target stopped (the process seized)."""
@@ -80,12 +82,58 @@ class Commit:
                          self._tls_index)
             start = plan.layout.text_start
             proc.write(self.base + start, bytes(image[start:]))
+            if plan.transfers:
+                self._map_heap(borrower, near)
         finally:
             borrower.close()
         self._plan_writes()
         self._plan_spans(maps)  # the patched object's and earlier regions' mappings, as read here
         if not plan.transfers:
             self._record = self._encode_record()
+
+    def _transfer_state(self) -> StateTransfer:
+        st = StateTransfer(self.proc.read, self.plan.po.meta.types)
+        for v, old, _refs in self.plan.transfers:
+            st.seed(old, new_address(self.plan, self.base, v.symbol),  # type: ignore[arg-type]
+                    v.type or "")
+        return st
+
+    def _map_heap(self, borrower: Borrower, near: tuple[int, int, bool] | None) -> None:
+        """Map the room the pointees of transformed variables move to, while the process runs:
+        at the safe point no system call is made in the target (an injected one would leave a
+        thread with borrowed registers if katana died in it). The pointees are counted on the
+        running process, so the data may grow before the stop: twice that, and some more."""
+        try:
+            st = self._transfer_state()
+            st.discover()
+            need = st.heap_size()
+        except KatanaError:
+            need = 0  # read while the program writes: the count at the stop decides
+        size = -(-(2 * need + HEAP_SLACK) // procfs.PAGE_SIZE) * procfs.PAGE_SIZE
+        heap = alloc.map_running(self.proc, borrower, size,
+                                 inject.PROT_READ | inject.PROT_WRITE, None, near)
+        self._heap = (heap, size)
+        self.extra.append(self._heap)
+
+    @property
+    def spare_heap(self) -> bool:
+        """The room mapped for pointees that none needed at the stop (see ``drop_spare``)."""
+        return self._heap is not None and not self._heap_used
+
+    def drop_spare(self) -> None:
+        """Unmap the unused pointee room; the process runs (seized) meanwhile."""
+        if not self.spare_heap:
+            return
+        assert self._heap is not None
+        self.extra.remove(self._heap)
+        borrower = Borrower(self.proc)
+        try:
+            borrower.syscall(inject.SYS_munmap, *self._heap)
+        except KatanaError:
+            pass  # the process died: nothing to free
+        finally:
+            borrower.close()
+        self._heap = None
 
     def _tls_index(self, index: int) -> tuple[int, int]:
         found = self.plan.library_tls.get(index)
@@ -113,7 +161,8 @@ class Commit:
     def _encode_record(self) -> bytes:
         sites = self.sites + [Site(a, old, new) for a, old, new in self._writes]
         record = build_record(self.plan, self.base, sites)
-        record.extra_regions = list(self.extra)
+        # the pointee room counts only if pointees moved there (else it goes after the commit)
+        record.extra_regions = [r for r in self.extra if r != self._heap or self._heap_used]
         raw = record.encode()
         if len(raw) > self.plan.layout.text_start:  # type: ignore[union-attr]
             raise ApplyError("the patch record does not fit its reserved space")
@@ -181,16 +230,17 @@ class Commit:
         re-aim every reference the running program has to their old storage."""
         if not self.plan.transfers:
             return
-        st = StateTransfer(self.proc.read, self.plan.po.meta.types)
-        for v, old, _refs in self.plan.transfers:
-            st.seed(old, new_address(self.plan, self.base, v.symbol),  # type: ignore[arg-type]
-                    v.type or "")
+        st = self._transfer_state()
         st.discover()
+        fault_point("transfer")
         if st.pointees:
-            size = (st.heap_size() + 4095) & ~4095
-            heap = alloc.map_near(self.proc, size, inject.PROT_READ | inject.PROT_WRITE)
-            self.extra.append((heap, size))
+            need, (heap, room) = st.heap_size(), self._heap or (0, 0)
+            if need > room:
+                raise ApplyError(f"the live data to move grew while the patch was staged "
+                                 f"({need} bytes now, {room} mapped for it)",
+                                 hint="run the command again")
             st.place(heap)
+            self._heap_used = True
         for address, data in st.writes():
             self.proc.write(address, data)
         dead = [(r.address, r.address + r.size) for r in self.plan.redirects]
@@ -263,6 +313,7 @@ class Commit:
         self.base, self.extra = 0, []
 
 
+HEAP_SLACK = 64 << 10  # pointee room mapped beyond twice what was counted at stage
 CLUSTER_GAP = 64 << 10  # places closer than this are read and written as one span
 
 

@@ -25,7 +25,7 @@ from katana.target.borrow import Borrower
 from katana.target.dynsym import library_symbols
 from katana.target.memory import Memory
 from katana.target.process import Process
-from katana.target.symbols import ProcessSymbols
+from katana.target.symbols import ProcessSymbols, resolve_ifunc_bound, resolve_ifunc_here
 
 pytestmark = pytest.mark.live
 
@@ -498,6 +498,42 @@ def test_ifunc_resolves_to_the_implementation(build, spawn):
         mark = target.mark()
     target.expect(r"^tick", start=mark)
 
+
+
+IFUNC_USER = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (;;) {
+        printf("ready %zu\n", strlen(argv[0]));  /* binds the program's strlen slot */
+        usleep(20000);
+    }
+}
+"""
+
+
+def test_ifunc_resolved_from_a_bound_got_slot_without_running_code(tmp_path, spawn):
+    """The implementation an IFUNC resolves to, read from a slot the dynamic linker bound
+    (what covers a library katana itself does not map, after a package upgrade): the same
+    answer as the resolver run in katana's process, with no code run in the target; a symbol
+    no object has bound yet gives None (then the resolver runs in a stopped thread)."""
+    (tmp_path / "ifunc.c").write_text(IFUNC_USER)
+    target = spawn(compile_c([tmp_path / "ifunc.c"], tmp_path / "ifunc", ["-fPIE", "-pie"]))
+    target.expect(r"^ready")
+    pid = target.pid
+    libs = procfs.libraries(pid)
+    (libc,) = [lib for lib in libs if "libc.so" in lib.path]
+    strlen = library_symbols(libc.path).find("strlen")
+    assert strlen.ifunc
+    bound = resolve_ifunc_bound(pid, libc, "strlen", libs)
+    assert bound is not None and bound == resolve_ifunc_here(pid, libc, strlen.value)
+    assert resolve_ifunc_bound(pid, libc, "strcasestr", libs) is None
+    assert procfs.parse_status(pid)["TracerPid"] == "0"
+    mark = target.mark()
+    target.expect(r"^ready", start=mark)
 
 # -- safe point -----------------------------------------------------------------------------------
 

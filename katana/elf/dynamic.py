@@ -21,6 +21,7 @@ DT_NULL, DT_SONAME = 0, 14
 SHT_DYNSYM = 11
 R_X86_64_64 = 1
 R_X86_64_GLOB_DAT = 6
+R_X86_64_JUMP_SLOT = 7
 R_X86_64_RELATIVE = 8
 R_X86_64_DTPMOD64 = 16
 R_X86_64_TPOFF64 = 18
@@ -70,6 +71,13 @@ def dynamic_relocs(path: str | Path) -> tuple[DynamicReloc, ...]:
     return _dynamic_relocs(*_identity(path))
 
 
+def bound_relocs(path: str | Path) -> tuple[DynamicReloc, ...]:
+    """The relocations that bind a GOT slot to a symbol's final address (``R_X86_64_JUMP_SLOT``
+    of ``.rela.plt``, ``R_X86_64_GLOB_DAT`` of ``.rela.dyn``): where an object's calls to an
+    IFUNC find the implementation the dynamic linker chose."""
+    return _bound_relocs(*_identity(path))
+
+
 @functools.lru_cache(maxsize=64)
 def _read_dynamic(path: str, _dev: int, _ino: int, _mtime: int, _size: int) -> DynamicInfo:
     try:
@@ -103,8 +111,21 @@ def _dynamic_relocs(path: str, _dev: int, _ino: int, _mtime: int,
         raise FormatError(f"{path}: cannot read its dynamic relocations ({e})") from e
 
 
-def _relocs(f, headers) -> list[DynamicReloc]:
-    rela = headers.section(".rela.dyn")
+@functools.lru_cache(maxsize=32)
+def _bound_relocs(path: str, _dev: int, _ino: int, _mtime: int,
+                  _size: int) -> tuple[DynamicReloc, ...]:
+    try:
+        with open(path, "rb") as f:
+            headers = read_headers(f)
+            return tuple(r for section in (".rela.plt", ".rela.dyn")
+                         for r in _relocs(f, headers, section)
+                         if r.type in (R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT) and r.symbol)
+    except (OSError, ValueError, struct.error) as e:
+        raise FormatError(f"{path}: cannot read its dynamic relocations ({e})") from e
+
+
+def _relocs(f, headers, section: str = ".rela.dyn") -> list[DynamicReloc]:
+    rela = headers.section(section)
     if rela is None or rela.sh_link >= len(headers.sections):
         return []
     symtab = headers.sections[rela.sh_link]

@@ -412,3 +412,25 @@ def test_a_library_patch_calls_into_the_program(tmp_path, procs, pie):
     apply(po, live.pid)
     for f in lines_after(live):
         assert f["value"] == 10 * f["tick"] + 2, f
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+def test_a_program_patch_calls_what_the_library_patch_added(tmp_path, procs, pie):
+    """The program's v1 calls kv_bonus, which only the library's v1 patch brings: applied
+    after it, the program's patch finds it in the library patch's record (no loaded file
+    exports it); applied before it, the program's patch is refused, and nothing changes."""
+    built = {v: build_library_version(SCENARIOS / "library_new_api" / v, tmp_path / v, pie=pie)
+             for v in ("v0", "v1")}
+    pos = {}
+    for name in ("libapi.so", "prog"):
+        pos[name] = tmp_path / f"{name}.po"
+        katana("generate", "-o", str(pos[name]), str(tmp_path / "v0"), str(tmp_path / "v1"),
+               name, check=True)
+    live = procs(built["v0"]["prog"])
+    live.wait_for(r"tick 2 ", timeout=TIMEOUT)
+    early = katana("apply", str(pos["prog"]), str(live.pid))
+    assert early.returncode == 11 and "kv_bonus" in early.stderr, early.stderr
+    apply(pos["libapi.so"], live.pid)
+    apply(pos["prog"], live.pid)
+    for f in lines_after(live, 3):
+        assert f["value"] == 2 * f["tick"] + 1000 + f["tick"], f

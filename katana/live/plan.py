@@ -197,11 +197,13 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
         symbols = ProcessSymbols(plan.pid)
         for i, sym in libs:
             exported = _exported(symbols, sym.name)
-            if exported is None and _in_program(plan, symbols, i, sym):
+            if exported is None and (_in_program(plan, symbols, i, sym)
+                                     or _in_other_patch(plan, i, sym)):
                 continue
             if exported is None:
                 raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
-                                 "nor in any library it has loaded")
+                                 "nor in any library it has loaded, nor in a patch applied",
+                                 hint="if a library's patch adds it, apply that patch first")
             if not exported.function and _pc_relative_uses(plan.po, i):
                 raise ApplyError(
                     f"the patch reads {sym.name}, a library variable the program never used: "
@@ -227,6 +229,26 @@ def _in_program(plan: Plan, symbols, index: int, sym: Symbol) -> bool:
     plan.far.add(index)
     plan.in_program.add(index)
     return True
+
+
+def _in_other_patch(plan: Plan, index: int, sym: Symbol) -> bool:
+    """A global a patch of another object of the process added (a program's v2 calling what
+    the library's v2 patch brought), newest first: reached through an absolute-jump stub, as a
+    library's function is."""
+    k = key(sym.name, None)
+    mine = {id(r) for r in plan.records}
+    for record in reversed(plan.all_records):
+        if id(record) in mine or k not in record.symbols:
+            continue
+        if k not in record.functions and _pc_relative_uses(plan.po, index):
+            raise ApplyError(f"the patch reads {sym.name}, a variable that the patch of "
+                             f"{record.program} added, beyond the 32-bit reach of its code",
+                             hint="reach it through a function of that patch")
+        plan.externals[index] = record.symbols[k]
+        plan.far.add(index)
+        plan.in_program.add(index)  # resolved here: staging does not look it up again
+        return True
+    return False
 
 
 def _library_tls(plan: Plan, index: int, sym: Symbol) -> int | None:

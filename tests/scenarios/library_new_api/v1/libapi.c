@@ -1,0 +1,10 @@
+/* libapi.so: the library a program calls. v1 adds kv_bonus, which the program's v1 calls. */
+int kv_value(int tick)
+{
+    return 2 * tick;
+}
+
+int __attribute__((noinline)) kv_bonus(int tick)
+{
+    return 1000 + tick;
+}

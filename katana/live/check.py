@@ -21,7 +21,7 @@ from katana.errors import ApplyError, BusyError
 from katana.live.command import find_targets, patch_fields, say_to
 from katana.live.plan import Plan, prepare
 from katana.live.results import Outcome, Tally, attempt, tell
-from katana.live.targets import EVERY, Selection
+from katana.live.targets import EVERY, Selection, refuse_stopped
 from katana.live.trust import Trust, check_policy
 from katana.target.process import Process, check_interrupts, signals_held
 
@@ -64,6 +64,7 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
 
 
 def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:
+    refuse_stopped(pid)  # as apply does: a stopped process cannot be patched
     plan = prepare(patch, pid)
     trust.confirm(patch, plan.po_sha256)
     _check_sites(plan)

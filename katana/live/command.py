@@ -17,6 +17,7 @@ from katana.live.targets import (
     check_filters,
     given_pids,
     library_pids,
+    refuse_stopped,
 )
 from katana.live.trust import check_policy
 from katana.po import load_po
@@ -85,6 +86,7 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         for pid in targets:
             def work(pid: int = pid) -> Outcome:
                 began = procfs.started_at() if single else None
+                refuse_stopped(pid)  # before the engine borrows one of its threads
                 result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, say),
                                      trust, began=began)
                 _report(result, say)

@@ -16,6 +16,7 @@ from pathlib import Path
 from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
 from katana.live.record import REVERTED_MAGIC, Record, read_records
+from katana.live.targets import refuse_stopped
 from katana.target import procfs
 from katana.target.borrow import Borrower
 from katana.target.inject import SYS_munmap
@@ -38,6 +39,7 @@ def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = Non
                 record, records = _choose(pid, patch, first=not done)
                 if record is None:  # --all, and none left
                     break
+                refuse_stopped(pid)  # the unmapping borrows one of its threads
                 _revert_record(pid, record, records, config)
                 done.append({"pid": pid, "result": "reverted", "code": 0,
                              "message": f"reverted {record.program} {record.to_label} -> "

@@ -1,0 +1,95 @@
+"""The operator's commands at their edges, live: a stopped process, PIDs that are no process
+(gone, a kernel thread, a thread id), a signal that lands while katana imports, and --json on
+each of them (docs/json.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from livekit import Live, build_scenario, code_snapshot, katana
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("edges")
+    trees = build_scenario("body_change", tmp)
+    po = tmp / "v0-v1.po"
+    katana("generate", "-o", str(po), str(trees["v0"].parent), str(trees["v1"].parent), "prog",
+           check=True)
+    return trees, po
+
+
+def _json(*args: str) -> tuple[int, dict]:
+    """katana --json: one JSON object on stdout whatever the exit code, and never a trace."""
+    result = katana(*args)
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == 1 and doc["exit_code"] == result.returncode, doc
+    assert (doc["error"] is None) == (result.returncode == 0), doc
+    assert "Traceback" not in result.stderr and result.returncode != 70, result.stderr
+    return result.returncode, doc
+
+
+def _status(pid: int) -> tuple[str, int]:
+    """(State letter, TracerPid) of a process."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return text.split("State:")[1].split()[0], int(text.split("TracerPid:")[1].split()[0])
+
+
+def _wait_state(pid: int, letter: str, timeout: float = 10) -> None:
+    """Until the kernel reports the process in that state (a signal is delivered, not sent)."""
+    deadline = time.monotonic() + timeout
+    while _status(pid)[0] != letter:
+        assert time.monotonic() < deadline, f"process {pid} never reached state {letter}"
+        time.sleep(0.01)
+
+
+def _value(live: Live) -> tuple[int, int]:
+    """(tick, result) of a line printed from now on, past multiples of 7 (7 in every version)."""
+    m = live.wait_for(r"tick (\d+) result (\d+)", after=live.mark())
+    while int(m.group(1)) % 7 == 0:
+        m = live.wait_for(r"tick (\d+) result (\d+)", after=live.last_index + 1)
+    return int(m.group(1)), int(m.group(2))
+
+
+def _refused_while_stopped(live: Live, *command: str) -> dict:
+    """``command`` on the stopped process: refused (exit 8, saying so), the process still
+    stopped, untraced, its code as it was."""
+    before = code_snapshot(live.pid)
+    code, doc = _json(*command)
+    assert code == 8 and "is stopped" in doc["error"]["message"], doc
+    assert doc["results"][-1]["result"] == "failed", doc
+    assert _status(live.pid) == ("T", 0) and code_snapshot(live.pid) == before
+    return doc
+
+
+def test_a_stopped_process_is_refused_and_survives(built):
+    """Before: check said ready, and apply and revert, unable to finish the system call they
+    ran through a stopped thread, left it to die of SIGSEGV once continued."""
+    trees, po = built
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick 2 ")
+        os.kill(live.pid, signal.SIGSTOP)
+        _wait_state(live.pid, "T")
+        _refused_while_stopped(live, "check", "--json", str(po), str(live.pid))
+        _refused_while_stopped(live, "apply", "--json", str(po), str(live.pid))
+        os.kill(live.pid, signal.SIGCONT)
+        tick, value = _value(live)
+        assert value == tick * 2  # v0, alive
+        katana("apply", str(po), str(live.pid), check=True)
+        os.kill(live.pid, signal.SIGSTOP)
+        _wait_state(live.pid, "T")
+        _refused_while_stopped(live, "revert", "--json", str(live.pid))
+        os.kill(live.pid, signal.SIGCONT)
+        tick, value = _value(live)
+        assert value == tick * 1000 and live.alive()  # still v1, the patch still in
+        assert "1. prog v0 -> v1" in katana("status", str(live.pid), check=True).stdout
+    finally:
+        live.kill()

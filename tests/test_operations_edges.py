@@ -93,3 +93,45 @@ def test_a_stopped_process_is_refused_and_survives(built):
         assert "1. prog v0 -> v1" in katana("status", str(live.pid), check=True).stdout
     finally:
         live.kill()
+
+
+def _kernel_thread() -> int | None:
+    """A kernel thread's PID (PF_KTHREAD in /proc/PID/stat), if this host shows one."""
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        try:
+            flags = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[6])
+        except (OSError, ValueError, IndexError):
+            continue
+        if flags & 0x00200000:
+            return int(entry)
+    return None
+
+
+def test_pids_that_are_no_process_fail_and_are_never_counted_as_exited(built):
+    """Before: a PID that did not exist, a kernel thread or a thread id given in a list was
+    'exited' (not a failure): apply and check exited 0 with nothing done to it."""
+    trees, po = built
+    live = Live([str(trees["v0"])])
+    zombie = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick 2 ")
+        zombie.wait_for(r"tick 2 ")
+        os.kill(zombie.pid, signal.SIGKILL)  # not waited for: a zombie
+        _wait_state(zombie.pid, "Z")
+        gone = Live([str(trees["v0"])])  # its pid is no process once it is reaped
+        gone.kill()
+        wrong = [gone.pid, zombie.pid] + ([k] if (k := _kernel_thread()) else [])
+        for command in ("check", "apply"):
+            code, doc = _json(command, "--json", str(po), *map(str, wrong), str(live.pid))
+            results = {r["pid"]: (r["result"], r["code"]) for r in doc["results"]}
+            assert all(results[pid] == ("failed", 8) for pid in wrong), results
+            assert code == 8 and doc["summary"]["failed"] == len(wrong), doc
+            assert doc["summary"]["exited"] == 0
+            assert results[live.pid][0] == ("ready" if command == "check" else "applied")
+        # one wrong PID: its own words are the command's error
+        code, doc = _json("check", "--json", str(po), str(gone.pid))
+        assert code == 8 and doc["error"]["message"] == f"no process {gone.pid}", doc
+        assert doc["results"][0]["result"] == "failed"
+    finally:
+        live.kill()
+        zombie.kill()

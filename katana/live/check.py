@@ -20,7 +20,7 @@ from pathlib import Path
 from katana.errors import ApplyError, BusyError
 from katana.live.command import find_targets, patch_fields, say_to
 from katana.live.plan import Plan, prepare
-from katana.live.results import Outcome, Tally, attempt, tell
+from katana.live.results import Outcome, Tally, alive_at_start, attempt, tell
 from katana.live.targets import EVERY, Selection, refuse_stopped
 from katana.live.trust import Trust, check_policy
 from katana.target.process import Process, check_interrupts, signals_held
@@ -41,10 +41,11 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
         report.update(**patch_fields(patch, trust.po_sha256))
     targets = find_targets(patch, pids, chosen)
     single = len(targets) == 1 and pids != ["all"]
+    alive = alive_at_start(targets, pids == ["all"])
     try:
         for pid in targets:
-            outcome = tally.add(attempt(pid, lambda pid=pid: check_one(patch, pid, config,
-                                                                        trust)))
+            outcome = tally.add(attempt(pid, lambda pid=pid: check_one(patch, pid, config, trust),
+                                        pid in alive))
             if outcome.result == "ready":
                 say(1, f"{pid}: ready: {outcome.message}")
             elif not single:
@@ -53,7 +54,8 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
         if report is not None:
             report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
             report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
-            report.failure = tally.failure()
+            # one PID given: its own error is the command's (no "1 of 1 failed")
+            report.failure = None if single else tally.failure()
     if single:
         only = tally.outcomes[0]
         if only.error is not None:

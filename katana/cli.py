@@ -649,7 +649,22 @@ def _main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return BROKEN_PIPE_EXIT
     except (KatanaError, KeyboardInterrupt, Terminated, Exception) as e:
+        e = _interruption(e) or e
         return _failed(state, _refused(e, argv), e)
+
+
+def _interruption(e: BaseException) -> BaseException | None:
+    """The SIGINT or SIGTERM behind ``e``, if one is: a signal handler raises where the main
+    thread happens to be, and Python 3.11 turns what a class body's ``__set_name__`` raises
+    into a RuntimeError (a dataclass of a module imported lazily, at that instant), which would
+    otherwise be reported as a bug (exit 70) instead of the interruption it is."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _refused(e: BaseException, argv: list[str]) -> int:

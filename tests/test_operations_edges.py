@@ -135,3 +135,36 @@ def test_pids_that_are_no_process_fail_and_are_never_counted_as_exited(built):
     finally:
         live.kill()
         zombie.kill()
+
+
+class _SignalOnSetName:
+    """A descriptor whose __set_name__ meets a signal, as a dataclass field of a module katana
+    imports lazily does when the signal lands at that instant."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        os.kill(os.getpid(), self.signum)  # katana's handler raises right here
+
+
+@pytest.mark.parametrize("signum, code, words", [(signal.SIGTERM, 143, "terminated by SIGTERM"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_during_a_lazy_import_is_an_interruption_not_a_bug(monkeypatch, capsys, signum,
+                                                                    code, words):
+    """Before: exit 70, 'internal error: RuntimeError: Error calling __set_name__ ...' (seen with
+    SIGTERM sent to katana check at random instants): the signal, wrapped by Python 3.11; and
+    --json said "KeyboardInterrupt: " for SIGINT."""
+    from katana import cli
+
+    def command(args, config) -> int:
+        type("Record", (), {"cfi": _SignalOnSetName(signum)})
+        return 0
+
+    monkeypatch.setitem(cli._COMMANDS, "config", command)
+    assert cli.main(["config", "--json"]) == code
+    out, err = capsys.readouterr()
+    assert words in err and "internal error" not in err, err
+    doc = json.loads(out)
+    assert doc["exit_code"] == code and doc["error"]["kind"] == "interrupted", doc
+    assert doc["error"]["message"] == words

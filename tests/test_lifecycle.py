@@ -93,17 +93,26 @@ def test_all_processes_of_one_build(tmp_path):
     # a program name of its own (this run's too: another suite may run on the same host), so
     # that no other test's processes are candidates
     name = f"katana_all{os.getpid()}"
+    # and a build of its own: all also takes a renamed copy of the build (by its build-id), and
+    # body_change's v0 is the same build in every test and suite that builds it; the seed is
+    # recorded in DW_AT_producer, so in the build-id
+    seed = (f"-frandom-seed={name}",)
     scenario = Path(__file__).parent / "scenarios"
-    trees = {v: build_version(scenario / "body_change" / v, tmp_path / v, program=name)
+    trees = {v: build_version(scenario / "body_change" / v, tmp_path / v, program=name,
+                              cflags=seed)
              for v in ("v0", "v1")}
     po = tmp_path / "all.po"
     katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), name,
            check=True)
     # a process of the same program name but another build: skipped, named in the summary
-    other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name)
+    other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name,
+                          cflags=seed)
+    # body_change v0 as any other test or suite builds it, under another name: not this build
+    bystander = Live([str(build_scenario("body_change", tmp_path / "bystander", versions=("v0",))
+                          ["v0"])])
     lives = [Live([str(trees["v0"])]) for _ in range(3)] + [Live([str(other)])]
     try:
-        for live in lives:
+        for live in lives + [bystander]:
             live.wait_for(r"tick \d+ result \d+")
         result = katana("apply", str(po), "all")
         assert result.returncode == 0, result.stderr
@@ -114,8 +123,9 @@ def test_all_processes_of_one_build(tmp_path):
             tick, value = int(m.group(1)), int(m.group(2))
             assert value == (7 if tick % 7 == 0 else tick * 1000)
         assert "no katana patches applied" in katana("status", str(lives[3].pid)).stdout
+        assert "no katana patches applied" in katana("status", str(bystander.pid)).stdout
     finally:
-        for live in lives:
+        for live in lives + [bystander]:
             live.kill()
 
 

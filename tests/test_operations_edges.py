@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -168,3 +169,56 @@ def test_a_signal_during_a_lazy_import_is_an_interruption_not_a_bug(monkeypatch,
     doc = json.loads(out)
     assert doc["exit_code"] == code and doc["error"]["kind"] == "interrupted", doc
     assert doc["error"]["message"] == words
+
+
+_FAKE_RECORD = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+/* An anonymous mapping that begins as a katana record does, its length given on the command
+ * line: past the page (the kernel answers EIO), or a body that is no JSON. */
+int main(int argc, char **argv)
+{
+    unsigned char *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint32_t length = (uint32_t)strtoul(argv[1], 0, 0), audit = 0;
+    memcpy(p, "KATANA\0\1", 8);
+    memcpy(p + 8, &length, 4);
+    memcpy(p + 12, &audit, 4);
+    strcpy((char *)p + 16, "{not json");
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+"""
+
+
+def test_a_record_that_cannot_be_read_is_refused_not_a_bug(built, tmp_path):
+    """Before: status, check and revert of a process whose record runs past its mapping were
+    exit 70 (OSError: EIO), and ps skipped it as if it had exited."""
+    _, po = built
+    (tmp_path / "fake.c").write_text(_FAKE_RECORD)
+    subprocess.run(["gcc", "-O1", "-o", "fake", "fake.c"], cwd=tmp_path, check=True)
+    lives = [Live([str(tmp_path / "fake"), length]) for length in ("0xffffffff", "20")]
+    try:
+        for live in lives:
+            live.wait_for("ready")
+        past, damaged = (live.pid for live in lives)
+        for command in (("status", "--json", str(past)), ("revert", "--json", str(past)),
+                        ("revert", "--json", str(past), "--all"),
+                        ("check", "--json", str(po), str(past))):
+            code, doc = _json(*command)
+            assert code == 8 and "cannot read" in doc["error"]["message"], (command, doc)
+        code, doc = _json("check", "--json", str(po), "all", "--exe", str(tmp_path / "fake"))
+        assert code == 8 and {r["pid"]: r["result"] for r in doc["results"]} == \
+            {past: "failed", damaged: "failed"}, doc
+        result = katana("ps", "--json")
+        assert result.returncode == 0 and json.loads(result.stdout)["unreadable"] >= 2
+        assert "could not be read" in result.stderr
+        assert all(live.alive() and _status(live.pid)[1] == 0 for live in lives)
+    finally:
+        for live in lives:
+            live.kill()

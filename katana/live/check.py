@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from katana.errors import ApplyError, BusyError
+from katana.errors import ApplyError, BusyError, TargetError
 from katana.live.command import find_targets, patch_fields, say_to
 from katana.live.plan import Plan, prepare
 from katana.live.results import Outcome, Tally, alive_at_start, attempt, tell
@@ -67,7 +67,10 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
 
 def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:
     refuse_stopped(pid)  # as apply does: a stopped process cannot be patched
-    plan = prepare(patch, pid)
+    try:
+        plan = prepare(patch, pid)
+    except OSError as e:  # as apply says it (apply._prepare): memory /proc would not give
+        raise TargetError(f"cannot read process {pid}: {e.strerror or e}") from e
     trust.confirm(patch, plan.po_sha256)
     _check_sites(plan)
     busy, stopped = _probe(plan, config)

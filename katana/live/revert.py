@@ -16,6 +16,7 @@ from pathlib import Path
 from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
 from katana.live.record import REVERTED_MAGIC, Record, read_records
+from katana.live.status import records_of
 from katana.live.targets import refuse_stopped
 from katana.target import procfs
 from katana.target.borrow import Borrower
@@ -71,7 +72,7 @@ def _labels(record: Record) -> dict:
 
 def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, list[Record]]:
     """The record to revert now, and every live record of the process."""
-    records = read_records(pid)
+    records = records_of(pid)
     if not records:
         if not first:
             return None, records

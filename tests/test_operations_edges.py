@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,3 +224,25 @@ def test_a_record_that_cannot_be_read_is_refused_not_a_bug(built, tmp_path):
     finally:
         for live in lives:
             live.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="runs katana ps as another user: needs root and setpriv")
+def test_ps_by_another_user_counts_what_it_cannot_read(built):
+    """Before: for anyone but root, other users' processes were taken for kernel threads (their
+    /proc/PID/exe refuses to be read) and the warning that counts them never came."""
+    trees, _ = built
+    live = Live([str(trees["v0"])])  # root's
+    try:
+        live.wait_for(r"tick 2 ")
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 sys.executable, "-m", "katana", "ps", "--json"],
+                                capture_output=True, text=True, timeout=120, cwd="/",
+                                env={**os.environ, "HOME": "/"})
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["unreadable"] >= 1 and live.pid not in [p["pid"] for p in doc["processes"]]
+        assert "could not be read: run as root" in result.stderr, result.stderr
+        assert _status(live.pid)[1] == 0  # read, never traced
+    finally:
+        live.kill()

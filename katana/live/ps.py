@@ -14,7 +14,7 @@ import sys
 import time
 
 from katana.elf.buildid import read_build_id
-from katana.errors import KatanaError
+from katana.errors import KatanaError, TargetError
 from katana.live.record import Record
 from katana.live.status import records_of
 from katana.live.targets import process_ids, process_uid, program_of
@@ -54,11 +54,26 @@ def objects(records: list[Record], exe_build_id: str | None) -> list[dict]:
     return out
 
 
+def _hidden(pid: int) -> bool:
+    """Whether the process runs a program we may not see: another user's, for anyone but
+    root (its /proc/PID/exe link refuses us), as opposed to a kernel thread (which has none)
+    or a process that is gone."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def describe_process(pid: int) -> dict | None:
     """What ps says of one process; None when it is not a program we can read (a kernel
     thread, a process that exited meanwhile). KatanaError: it could not be read."""
     program = program_of(pid)
     if not program:
+        if _hidden(pid):
+            raise TargetError(f"cannot read /proc/{pid}/exe: permission denied")
         return None
     records = records_of(pid)
     try:
@@ -79,7 +94,7 @@ def list_processes(program: str | None = None) -> tuple[list[dict], int]:
             found = describe_process(pid)
         except (KatanaError, OSError):
             # gone meanwhile is nothing to count; a live program we could not read is
-            if procfs.pid_exists(pid) and program_of(pid):
+            if procfs.pid_exists(pid) and (program_of(pid) or _hidden(pid)):
                 unreadable += 1
             continue
         if found is None:

@@ -246,3 +246,36 @@ def test_ps_by_another_user_counts_what_it_cannot_read(built):
         assert _status(live.pid)[1] == 0  # read, never traced
     finally:
         live.kill()
+
+
+def test_a_refused_revert_names_the_patch_it_refused(tmp_path):
+    """docs/json.md: revert's results describe the patch that was, or would have been,
+    reverted. Before: the failed result had no from, to, object or po_sha256."""
+    trees = build_scenario("stacked", tmp_path, versions=("v0", "v1", "v2"))
+    pos = []
+    for a, b in (("v0", "v1"), ("v1", "v2")):
+        pos.append(tmp_path / f"{a}-{b}.po")
+        katana("generate", "-o", str(pos[-1]), str(trees[a].parent), str(trees[b].parent),
+               "prog", check=True)
+    live = Live([str(trees["v0"])])
+    try:
+        live.wait_for(r"tick 2 ")
+        for po in pos:
+            katana("apply", str(po), str(live.pid), check=True)
+        code, doc = _json("revert", "--json", str(live.pid), str(pos[0]))
+        assert code == 11 and "later patches depend on it" in doc["error"]["message"], doc
+        (refused,) = doc["results"]
+        assert refused["result"] == "failed" and (refused["from"], refused["to"]) == ("v0", "v1")
+        assert refused["object"] == "prog" and refused["kind"] == "program"
+        assert refused["po_sha256"] == doc_sha(live.pid, 0)
+        code, doc = _json("revert", "--json", str(live.pid), "--all")
+        assert code == 0 and [(r["from"], r["to"]) for r in doc["results"]] == \
+            [("v1", "v2"), ("v0", "v1")]
+    finally:
+        live.kill()
+
+
+def doc_sha(pid: int, n: int) -> str:
+    """The sha256 of the n-th patch of a process, from katana status --json."""
+    return json.loads(katana("status", "--json", str(pid), check=True).stdout)["patches"][n][
+        "po_sha256"]

@@ -279,3 +279,22 @@ def doc_sha(pid: int, n: int) -> str:
     """The sha256 of the n-th patch of a process, from katana status --json."""
     return json.loads(katana("status", "--json", str(pid), check=True).stdout)["patches"][n][
         "po_sha256"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("config", "--json"), ("config",), ("ps", "--json")])
+def test_an_output_that_cannot_be_written_is_exit_74_not_a_bug(command):
+    """Before: exit 70, 'internal error: OSError: [Errno 28] No space left on device'."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "katana", *command], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 74, result.stderr
+    assert "cannot write to standard output: No space left on device" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_closed_standard_output_is_no_traceback():
+    """Before: `katana ps --json >&-` was an AttributeError trace (sys.stdout is None), exit 1."""
+    result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "katana",
+                             "ps", "--json"], stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

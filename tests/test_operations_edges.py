@@ -298,3 +298,23 @@ def test_a_closed_standard_output_is_no_traceback():
     result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "katana",
                              "ps", "--json"], stderr=subprocess.PIPE, text=True, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_process_whose_executable_was_deleted_is_refused_not_a_bug(built, tmp_path):
+    """A package upgrade removes or replaces the file a process runs. Before: check was exit 70
+    (FileNotFoundError: the safe-point probe reads the executable by its path)."""
+    trees, po = built
+    exe = tmp_path / "upgraded"
+    shutil.copy(trees["v0"], exe)
+    live = Live([str(exe)])
+    try:
+        live.wait_for(r"tick 2 ")
+        exe.unlink()
+        code, doc = _json("check", "--json", str(po), str(live.pid))
+        assert code == 8 and "deleted or replaced on disk" in doc["error"]["message"], doc
+        code, doc = _json("apply", "--json", str(po), str(live.pid))
+        assert code != 0 and doc["results"][0]["result"] == "failed", doc
+        tick, value = _value(live)
+        assert value == tick * 2 and _status(live.pid)[1] == 0  # v0, running, untraced
+    finally:
+        live.kill()

@@ -15,6 +15,7 @@ the commit, and anything that changes the process between the check and the appl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from katana.errors import ApplyError, BusyError, TargetError
@@ -109,6 +110,16 @@ def _check_sites(plan: Plan) -> None:
         read.close()
 
 
+def _deleted(pid: int) -> str:
+    """What to add when the process's executable is no longer on disk (a package upgrade
+    replaced or removed it: /proc/PID/exe then ends in " (deleted)")."""
+    try:
+        gone = os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+    except OSError:
+        return ""
+    return " (its executable was deleted or replaced on disk since it started)" if gone else ""
+
+
 def _probe(plan: Plan, config) -> tuple[list, float]:
     """One stop of every thread, to look at their stacks; the process let go at once."""
     from katana.safety.safepoint import Checker, Range
@@ -116,8 +127,14 @@ def _probe(plan: Plan, config) -> tuple[list, float]:
     if not plan.safety:
         return [], 0.0  # nothing to find in use: no stop at all
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
-    checker = Checker(plan.pid, ranges, declared=plan.declared_stacks, return_hooks=False,
-                      records=plan.records)
+    try:
+        checker = Checker(plan.pid, ranges, declared=plan.declared_stacks, return_hooks=False,
+                          records=plan.records)
+    except OSError as e:  # before any stop: a file the probe reads by its path is gone
+        raise TargetError(f"process {plan.pid}: cannot read {e.filename or 'a file it maps'}: "
+                          f"{e.strerror or e}" + _deleted(plan.pid),
+                          hint="apply is refused too: put the same build back at that path, "
+                               "or restart the process") from e
     proc = Process(plan.pid)
     try:
         with signals_held():

@@ -146,17 +146,17 @@ summary:
   sample: {applied: 1, unchanged: 0, skipped: 0, failed: 0, exited: 0, total: 1}
 object:
   description: The program (or library) the PO patches.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: kvd
 from:
   description: The label of the build the PO applies to.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: v0
 to:
   description: The label of the build the processes run once patched.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: v1
 po_sha256:

@@ -5,6 +5,7 @@ The benchmarks are run by hand, not by pytest; they print figures and assert not
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -16,8 +17,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from livekit import CFLAGS, LDFLAGS, Live, build_version  # noqa: E402
 
-__all__ = ["CFLAGS", "LDFLAGS", "Live", "build_version", "compile_objects", "link", "median",
-           "table"]
+__all__ = ["CFLAGS", "LDFLAGS", "KATANA_ENV", "Live", "build_version", "compile_objects", "link",
+           "median", "table"]
+
+# The environment the benchmarks run katana in: with bytecode caches, as an installed katana
+# has them (pip compiles at install time); compiling every module from source at each start
+# (PYTHONDONTWRITEBYTECODE=1) would be measured as katana's start-up otherwise.
+KATANA_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def compile_objects(out: Path, sources: list[str], jobs: int = 2) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, table  # noqa: E402
+from _common import KATANA_ENV, ROOT, table  # noqa: E402
 from stop import KATANA, build  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     try:
         t0 = time.monotonic()
         r = subprocess.run([*KATANA, "-q", "apply", str(po), "all"], cwd=ROOT,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=KATANA_ENV)
         together = time.monotonic() - t0
         summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr
     finally:
@@ -56,7 +56,7 @@ def main() -> None:
         t0 = time.monotonic()
         for p in procs:
             subprocess.run([*KATANA, "-q", "apply", str(po), str(p.pid)], cwd=ROOT, check=True,
-                           capture_output=True)
+                           capture_output=True, env=KATANA_ENV)
         separate = (time.monotonic() - t0) / args.separate
     finally:
         _stop(procs)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, build_version, median, table  # noqa: E402
+from _common import KATANA_ENV, ROOT, build_version, median, table  # noqa: E402
 
 CACHE = Path("/tmp/katana-bench-stop")
 FUNCTIONS = 100
@@ -142,7 +142,7 @@ def one_run(exe: Path, po: Path, floor: Path) -> tuple[float, float, float, floa
                        capture_output=True)
         t1 = time.monotonic()
         r = subprocess.run([*KATANA, "apply", str(po), str(target.pid)], cwd=ROOT,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=KATANA_ENV)
         t2 = time.monotonic()
         time.sleep(0.05)
         perf.send_signal(signal.SIGINT)

@@ -7,6 +7,7 @@ The original Katana's one-letter forms are kept: ``katana -g [-o OUT] OLD NEW EX
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import select
@@ -40,8 +41,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}", hint=f"see '{self.prog} --help'")
 
 
+@functools.cache
 def exit_code_table() -> str:
-    """The exit codes, as --help and the man page print them (from katana.errors' classes)."""
+    """The exit codes, as --help and the man page print them (from katana.errors' classes);
+    wrapped once, not once per subcommand: the parser is built at every start."""
     lines = ["exit codes:"]
     for code, meaning in exit_codes():
         lines += textwrap.wrap(meaning, 74, initial_indent=f"  {code:>3}  ",

@@ -10,7 +10,6 @@ module is its implementation.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -166,6 +165,8 @@ def _suggest(dotted: str) -> str:
     if by_leaf:  # right name, wrong place (`checkPtraceWrites` outside `flags`) or wrong case
         return f"; did you mean {by_leaf[0]!r}?"
     lowered = {name.lower(): name for name in known}
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(dotted.lower(), list(lowered), n=1, cutoff=0.75)
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""
 

@@ -21,10 +21,11 @@ from katana.errors import ApplyError, BusyError, FormatError, TargetError
 from katana.safety import safepoint
 from katana.safety.safepoint import Range
 from katana.target import alloc, inject, procfs, ptrace
+from katana.target.borrow import Borrower
 from katana.target.dynsym import library_symbols
 from katana.target.memory import Memory
 from katana.target.process import Process
-from katana.target.symbols import ProcessSymbols
+from katana.target.symbols import ProcessSymbols, resolve_ifunc_bound, resolve_ifunc_here
 
 pytestmark = pytest.mark.live
 
@@ -388,6 +389,49 @@ def test_mmap_near_the_executable_and_redirect_a_function(build, spawn, variant)
     assert target.proc.poll() is None
 
 
+
+def test_borrowed_thread_maps_and_protects_in_one_borrowing(build, spawn):
+    """Staging's mmap and the mprotect of the code part, chained in one borrowing while the
+    process runs; the mprotect only when the mmap succeeded (never on someone else's pages);
+    code written into the read-only part; the stubs taken out at the end."""
+    target = spawn(build("engine_target"))
+    target.expect(r"^ready 7 100")
+    page, rw = procfs.PAGE_SIZE, inject.PROT_READ | inject.PROT_WRITE
+    rx = inject.PROT_READ | inject.PROT_EXEC
+    proc = Process(target.pid)
+    try:
+        proc.seize()  # the threads keep running throughout
+        borrower = Borrower(proc)
+        tail = (borrower._start, len(borrower._saved))
+        try:
+            region = alloc.map_running(proc, borrower, 3 * page, rw, protect=(page, page, rx))
+            maps = procfs.read_maps(target.pid)
+            assert [(procfs.mapping_at(maps, region + i * page).perms[:3]) for i in range(3)] \
+                == ["rw-", "r-x", "rw-"]
+            assert procfs.mapping_at(maps, region).start == region
+            # A second mmap at the same address fails (EEXIST): the chained mprotect, which
+            # would take every right from the first page, must not be made.
+            flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
+            borrower.syscall(inject.SYS_mmap, region, page, rw, flags, -1, 0,
+                             then=(inject.SYS_mprotect, region, page, inject.PROT_NONE))
+            assert procfs.mapping_at(procfs.read_maps(target.pid), region).perms[:3] == "rw-"
+            code = bytes.fromhex("b82a000000c3")
+            proc.write(region + page, code)  # read-only to the program, not to its tracer
+            assert proc.read(region + page, len(code)) == code
+            borrower.syscall(inject.SYS_munmap, region, 3 * page,
+                             effect=lambda: procfs.mapping_at(procfs.read_maps(target.pid),
+                                                              region) is None)
+        finally:
+            borrower.close()
+        assert proc.read(*tail) == borrower._saved  # the stubs are gone
+        assert procfs.mapping_at(procfs.read_maps(target.pid), region) is None
+        assert not proc.attached  # never stopped as a whole
+    finally:
+        proc.detach()
+    mark = target.mark()
+    target.expect(r"^tick", start=mark)  # the program runs on
+
+
 def test_blocked_syscalls_restart_after_injection(build, spawn):
     target = spawn(build("engine_target"))
     target.expect(r"^ready")
@@ -454,6 +498,42 @@ def test_ifunc_resolves_to_the_implementation(build, spawn):
         mark = target.mark()
     target.expect(r"^tick", start=mark)
 
+
+
+IFUNC_USER = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (;;) {
+        printf("ready %zu\n", strlen(argv[0]));  /* binds the program's strlen slot */
+        usleep(20000);
+    }
+}
+"""
+
+
+def test_ifunc_resolved_from_a_bound_got_slot_without_running_code(tmp_path, spawn):
+    """The implementation an IFUNC resolves to, read from a slot the dynamic linker bound
+    (what covers a library katana itself does not map, after a package upgrade): the same
+    answer as the resolver run in katana's process, with no code run in the target; a symbol
+    no object has bound yet gives None (then the resolver runs in a stopped thread)."""
+    (tmp_path / "ifunc.c").write_text(IFUNC_USER)
+    target = spawn(compile_c([tmp_path / "ifunc.c"], tmp_path / "ifunc", ["-fPIE", "-pie"]))
+    target.expect(r"^ready")
+    pid = target.pid
+    libs = procfs.libraries(pid)
+    (libc,) = [lib for lib in libs if "libc.so" in lib.path]
+    strlen = library_symbols(libc.path).find("strlen")
+    assert strlen.ifunc
+    bound = resolve_ifunc_bound(pid, libc, "strlen", libs)
+    assert bound is not None and bound == resolve_ifunc_here(pid, libc, strlen.value)
+    assert resolve_ifunc_bound(pid, libc, "strcasestr", libs) is None
+    assert procfs.parse_status(pid)["TracerPid"] == "0"
+    mark = target.mark()
+    target.expect(r"^ready", start=mark)
 
 # -- safe point -----------------------------------------------------------------------------------
 

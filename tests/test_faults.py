@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from livekit import build_version, katana
+from livekit import Live, build_scenario, build_version, katana
 
 from katana.elf.symtab import executable_symbols
+from katana.live.commit import HEAP_SLACK
 from katana.live.record import read_records
 from katana.po import load_po
 from katana.target import procfs
@@ -342,3 +343,45 @@ def test_max_wait_for_patching_is_respected(setup, targets, tmp_path):
     assert result.returncode == 10 and "compute" in result.stderr, result.stderr
     assert 0.3 <= took < 2.0
     assert assert_whole(t, setup) == 0
+
+
+def _anonymous(pid: int) -> set[tuple[int, int]]:
+    return {(m.start, m.end) for m in procfs.read_maps(pid) if not m.path}
+
+
+@pytest.mark.parametrize("scenario", ["pointer_to_struct", "struct_grows"])
+def test_the_stop_makes_no_system_call_in_the_target(tmp_path, scenario):
+    """State transfer's room for moved pointees is mapped while the process runs, not at the
+    safe point: there the target's threads run no injected code that a katana killed in the
+    middle of it would leave them in. A SIGKILL at the stop, with the pointees counted, leaves
+    the target running v0, untraced; an apply that moves none leaves no room behind."""
+    exes = build_scenario(scenario, tmp_path)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "prog",
+           check=True)
+    live = Live([str(exes["v0"])])
+    try:
+        live.wait_for(r"tick 3 ")
+        before = _anonymous(live.pid)
+        k = _run(["apply", str(po), str(live.pid)], point="transfer")
+        assert _wait_stopped(k), k.communicate()
+        staged = _anonymous(live.pid) - before
+        # the region (a few KiB, split by its mprotect) and the pointee room (HEAP_SLACK at
+        # least), both mapped before the stop
+        assert sum(hi - lo for lo, hi in staged) >= HEAP_SLACK, staged
+        _send(k, signal.SIGKILL)
+        k.communicate(timeout=TIMEOUT)
+        status = procfs.parse_status(live.pid)
+        assert status["TracerPid"] == "0" and status["State"][0] in "SR", status
+        live.wait_for(r" v0$", after=live.mark())
+        assert read_records(live.pid) == []
+        # the same patch applied for real: the room stays only if pointees moved into it
+        before = _anonymous(live.pid)
+        katana("apply", str(po), str(live.pid), check=True)
+        live.wait_for(r" v1$", after=live.mark())
+        (record,) = read_records(live.pid)
+        lo, hi = record.region[0], record.region[0] + record.region[1]
+        outside = [m for m in _anonymous(live.pid) - before if not lo <= m[0] < hi]
+        assert len(outside) == (1 if scenario == "pointer_to_struct" else 0), outside
+    finally:
+        live.kill()

@@ -1,12 +1,12 @@
 """Shared libraries the project builds, patched live like programs (tests/scenarios/library).
 
-libkv.so holds the logic and its state (static counters, a thread-local counter reached with
-the initial-exec model, a static struct); ``prog`` links it and prints one line per tick,
-``other`` is a second program linking it, ``plugin`` dlopen()s it. The versions: v1 changes the
-library (value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the
-library's struct by a field in the middle (5 x). Every line keeps invariants: calls and the
-thread-local count equal the tick, total is the sum of ticks: state lost shows as a break.
-"""
+libkv.so holds the logic and its state (a static counter, a thread-local counter reached with
+the initial-exec model, or through __tls_get_addr when built so, a global struct); ``prog``
+links it and prints one line per tick, ``other`` is a second program linking it, ``plugin``
+dlopen()s it, ``threads`` calls it from three threads. The versions: v1 changes the library
+(value 3 x) and prog (tag v1), v2 the library again (4 x), v3 (from v0) grows the library's
+struct by a field in the middle (5 x). Every line keeps invariants: calls and the thread-local
+count equal the tick, total is the sum of ticks: state lost shows as a break."""
 
 import json
 import os
@@ -33,12 +33,11 @@ class Project:
 
     def __init__(self, root: Path, pie: bool) -> None:
         self.root = root
-        # a build of this run's own (the seed is in DW_AT_producer, so in the build-id): `all`
-        # finds processes by the library's name, and those of another suite on the host then
-        # run another build, skipped, never patched
-        seed = (f"-frandom-seed=katana{os.getpid()}",)
+        # a build of this run's own: `apply all` takes every process on the host that maps
+        # that build, and another suite may run these tests at the same time
+        salt = (f"-DKV_SALT={os.getpid()}",)
         self.built = {v: build_library_version(SCENARIOS / "library" / v, root / v, pie=pie,
-                                               cflags=seed)
+                                               cflags=salt)
                       for v in VERSIONS}
         self._pos: dict[tuple[str, str, str], Path] = {}
 
@@ -79,10 +78,10 @@ def fields(line: str) -> dict[str, int | str]:
     return {k: (v if v.startswith("v") else int(v)) for k, v in found.items()}
 
 
-def lines_after(live: Live, count: int = 4) -> list[dict]:
-    """``count`` lines all printed by the code now in place: the line being computed while
-    katana ran may still be the old code's, so it is skipped."""
-    start = live.mark() + 1
+def lines_after(live: Live, count: int = 4, threads: int = 1) -> list[dict]:
+    """``count`` lines all printed by the code now in place: the line each thread was
+    computing while katana ran may still be the old code's, so as many are skipped."""
+    start = live.mark() + threads
     live.wait_for(r".", after=start + count - 1, timeout=TIMEOUT)
     return [fields(x) for x in live.lines[start:start + count]]
 
@@ -96,7 +95,7 @@ def apply(po: Path, *pids: int | str) -> subprocess.CompletedProcess:
 def assert_state_kept(lines: list[dict]) -> None:
     """The library's statics and its thread-local counter went on from where v0 left them."""
     for f in lines:
-        assert f["calls"] == f["tls"] == f["hits"] == f["tick"], f
+        assert f["calls"] == f["tls"] == f["hits"] == f["direct"] == f["tick"], f
         assert f["total"] == f["tick"] * (f["tick"] + 1) // 2, f
 
 
@@ -108,6 +107,9 @@ def test_only_the_library_changes(project, procs, pie):
     assert (listing["kind"], listing["soname"], listing["program"]) == \
         ("library", "libkv.so", "libkv.so")
     assert [f["name"] for f in listing["functions"]] == ["kv_compute"]
+    # kv_scale, hidden (local in the linked library), stays where it is: found in its .symtab
+    targets = {r["target"] for r in listing["functions"][0]["relocations"]}
+    assert {"kv_scale", "libkv.c:calls", "libkv.c:thread_calls", "kv_stats"} <= targets
     live = procs(p.built["v0"]["prog"])
     live.wait_for(r"^tick 5 ", timeout=TIMEOUT)
     out = apply(po, live.pid).stdout
@@ -138,6 +140,14 @@ def test_library_and_program_both_change(project, procs, pie, order):
     status = katana("status", str(live.pid), check=True).stdout
     assert re.search(r"program prog:\n.*prog v0 -> v1.*\n(.*\n)*    running: v1", status)
     assert re.search(r"library libkv.so, soname libkv.so:\n.*libkv.so v0 -> v1", status)
+    # revert PID PATCH: the library's patch goes, whether or not it is the newest of the
+    # process; the program keeps its own
+    out = katana("revert", str(live.pid), str(pos[0]), check=True).stdout
+    assert "reverted libkv.so v1 -> v0" in out
+    after = lines_after(live)
+    for f in after:
+        assert f["value"] == 2 * f["tick"] and f["tag"] == "v1", f
+    assert_state_kept(after)
 
 
 def test_all_means_every_process_that_maps_the_library(project, procs):
@@ -250,15 +260,68 @@ def test_a_library_po_that_does_not_say_so_gets_a_hint_that_leads_there(project,
     assert "katana generate OLD NEW LIBRARY" in refused.stderr
 
 
-def test_thread_local_through_tls_get_addr_is_refused_at_generation(tmp_path):
-    model = ('-DKV_TLS_MODEL="global-dynamic"',)
+def test_a_library_global_the_program_copied(tmp_path, procs):
+    """The program reads kv_stats itself: the linker gave it a copy, and the dynamic linker
+    bound the library's GOT slot to that copy. The patch's code must use the same one; a
+    change of its layout cannot be made by the library's patch, and is refused."""
+    for v in ("v0", "v1", "v3"):
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v, pie=False,
+                              cflags=("-DDIRECT_STATS",))
+    pos = {}
+    for to in ("v1", "v3"):
+        pos[to] = tmp_path / f"{to}.po"
+        katana("generate", "-o", str(pos[to]), str(tmp_path / "v0"), str(tmp_path / to),
+               "libkv.so", check=True)
+    live = procs(tmp_path / "v0" / "prog")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    refused = katana("apply", str(pos["v3"]), str(live.pid))
+    assert refused.returncode == 11, refused.stderr
+    assert "variable kv_stats of libkv.so lives in the program" in refused.stderr
+    apply(pos["v1"], live.pid)
+    after = lines_after(live)
+    for f in after:  # the new kv_compute counts in the program's copy, which everyone reads
+        assert f["value"] == 3 * f["tick"], f
+    assert_state_kept(after)
+
+
+@pytest.mark.parametrize("model", ["initial-exec", "global-dynamic", "local-dynamic"])
+def test_thread_local_variable_of_the_library(tmp_path, procs, model):
+    """The -fPIC default is for the library's code to ask __tls_get_addr for its variable:
+    the patch does the same, with a tls_index of its own holding the library's module id;
+    with initial-exec it reaches it at the block's fixed offset from the thread pointer.
+    Each of three threads counts in its own copy, before the patch and after."""
     for v in ("v0", "v1"):
-        build_library_version(SCENARIOS / "library" / v, tmp_path / v, cflags=model)
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v,
+                              cflags=(f'-DKV_TLS_MODEL="{model}"',))
+    po = tmp_path / "tls.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "libkv.so",
+           check=True)
+    live = procs(tmp_path / "v0" / "prog")
+    threads = procs(tmp_path / "v0" / "threads")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    threads.wait_for(r"^thread 2 tick 3 ", timeout=TIMEOUT)
+    apply(po, live.pid)
+    apply(po, threads.pid)
+    after = lines_after(live)
+    for f in after:
+        assert f["value"] == 3 * f["tick"], f
+    assert_state_kept(after)  # tls == calls: the patch counts in the same thread's variable
+    seen = set()
+    for f in lines_after(threads, 12, threads=3):
+        assert f["value"] == 3 * f["tick"] and f["tls"] == f["tick"], f
+        seen.add(f["thread"])
+    assert seen == {0, 1, 2}
+
+
+def test_thread_local_through_a_tls_descriptor_is_refused_at_generation(tmp_path):
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library" / v, tmp_path / v,
+                              cflags=('-DKV_TLS_MODEL="global-dynamic"', "-mtls-dialect=gnu2"))
     refused = katana("generate", "-o", str(tmp_path / "x.po"), str(tmp_path / "v0"),
                      str(tmp_path / "v1"), "libkv.so")
     assert refused.returncode == 5, refused.stderr
-    assert "thread_calls through __tls_get_addr" in refused.stderr
-    assert "initial-exec" in refused.stderr and "Traceback" not in refused.stderr
+    assert "thread_calls through a TLS descriptor" in refused.stderr
+    assert "-mtls-dialect=gnu2" in refused.stderr and "Traceback" not in refused.stderr
 
 
 SCONSTRUCT = """\
@@ -322,3 +385,37 @@ def test_the_safe_point_covers_the_library_functions(tmp_path, procs):
     assert "busy_work" in refused.stderr
     assert "no katana patches applied" in katana("status", str(live.pid)).stdout
     live.wait_for(r"^tick", after=live.mark() + 1, timeout=TIMEOUT)
+
+
+def test_a_library_deleted_since_it_was_loaded_is_found_by_what_is_mapped(project, procs,
+                                                                          tmp_path):
+    """An upgrade in place removes the file a running process loaded: its maps say
+    "(deleted)", and the library is read through /proc/PID/map_files."""
+    import shutil
+
+    p = project(True)
+    here = tmp_path / "installed"
+    shutil.copytree(p.root / "v0", here)
+    live = procs(here / "prog")
+    live.wait_for(r"^tick 2 ", timeout=TIMEOUT)
+    (here / "libkv.so").unlink()
+    shutil.copy(p.root / "v1" / "libkv.so", here / "libkv.so")  # the new release, installed
+    apply(p.po("libkv.so", "v0", "v1"), live.pid)
+    for f in lines_after(live, 2):
+        assert f["value"] == 3 * f["tick"] and f["calls"] == f["tick"], f
+
+
+@pytest.mark.parametrize("pie", [True, False], ids=["pie", "nopie"])
+def test_a_library_patch_calls_into_the_program(tmp_path, procs, pie):
+    """A plugin's new code calls its host's API, which the old plugin never used: the patch
+    reaches the program's function through a stub (the program lies beyond rel32 reach)."""
+    for v in ("v0", "v1"):
+        build_library_version(SCENARIOS / "library_host" / v, tmp_path / v, pie=pie)
+    po = tmp_path / "plug.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"),
+           "libplug.so", check=True)
+    live = procs(tmp_path / "v0" / "host")
+    live.wait_for(r"^tick 3 ", timeout=TIMEOUT)
+    apply(po, live.pid)
+    for f in lines_after(live):
+        assert f["value"] == 10 * f["tick"] + 2, f

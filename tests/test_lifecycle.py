@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -90,23 +92,23 @@ def test_revert_refused_while_new_code_is_busy(tmp_path):
 
 
 def test_all_processes_of_one_build(tmp_path):
-    # a program name of its own (this run's too: another suite may run on the same host), so
-    # that no other test's processes are candidates
-    name = f"katana_all{os.getpid()}"
-    # and a build of its own: all also takes a renamed copy of the build (by its build-id), and
-    # body_change's v0 is the same build in every test and suite that builds it; the seed is
-    # recorded in DW_AT_producer, so in the build-id
-    seed = (f"-frandom-seed={name}",)
+    # A program name and a build of its own (a string only this run links in), so that no
+    # other test's processes are candidates: neither by name nor by build-id, also when
+    # another checkout runs this test on the same machine at the same time.
+    run = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:8]
+    name = f"katana_all{run}"
     scenario = Path(__file__).parent / "scenarios"
-    trees = {v: build_version(scenario / "body_change" / v, tmp_path / v, program=name,
-                              cflags=seed)
-             for v in ("v0", "v1")}
+    trees = {}
+    for v in ("v0", "v1"):
+        src = tmp_path / "src" / v
+        shutil.copytree(scenario / "body_change" / v, src)
+        (src / "run_id.c").write_text(f'const char katana_run_id[] = "{run}";\n')
+        trees[v] = build_version(src, tmp_path / v, program=name)
     po = tmp_path / "all.po"
     katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), name,
            check=True)
     # a process of the same program name but another build: skipped, named in the summary
-    other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name,
-                          cflags=seed)
+    other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name)
     # body_change v0 as any other test or suite builds it, under another name: not this build
     bystander = Live([str(build_scenario("body_change", tmp_path / "bystander", versions=("v0",))
                           ["v0"])])

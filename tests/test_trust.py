@@ -191,6 +191,19 @@ def test_the_audit_rides_after_the_record_where_older_katanas_do_not_look():
     assert HEADER.unpack_from(old)[2] == 0 and _decode(old).audit is None
 
 
+def test_a_library_record_names_its_object_where_older_katanas_do_not_look():
+    lib = Record("libkv.so", "v0", "v1", "aa", "bb", "cc" * 32, (0x1000, 4096), 1.5,
+                 kind="library", soname="libkv.so.1")
+    raw = lib.encode()
+    assert _decode(raw) == lib
+    _magic, length, _audit_length = HEADER.unpack_from(raw)
+    old_body = json.loads(raw[HEADER.size:HEADER.size + length])
+    assert "kind" not in old_body and "soname" not in old_body  # an older katana's Record(**)
+    # a program's record, written by this katana or an older one, reads as a program's
+    assert _decode(_record(None).encode()).kind == "program"
+    assert HEADER.unpack_from(_record(None).encode())[2] == 0
+
+
 # -- the policy, live --------------------------------------------------------------------------
 
 pytestmark_live = pytest.mark.live

@@ -7,6 +7,8 @@ interpreter (PT_INTERP). Read with ``struct`` (katana.elf.headers), as apply rea
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ DT_NULL, DT_SONAME = 0, 14
 SHT_DYNSYM = 11
 R_X86_64_64 = 1
 R_X86_64_GLOB_DAT = 6
+R_X86_64_JUMP_SLOT = 7
 R_X86_64_RELATIVE = 8
 R_X86_64_DTPMOD64 = 16
 R_X86_64_TPOFF64 = 18
@@ -42,7 +45,6 @@ class DynamicReloc:
 class DynamicInfo:
     library: bool  # ET_DYN without an interpreter: a shared library, not a PIE program
     soname: str | None
-    relocs: tuple[DynamicReloc, ...]
 
 
 def _string(table: bytes, offset: int) -> str:
@@ -50,8 +52,34 @@ def _string(table: bytes, offset: int) -> str:
     return table[offset:end if end >= 0 else len(table)].decode(errors="replace")
 
 
+def _identity(path: str | Path) -> tuple[str, int, int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read its dynamic section ({e.strerror})") from e
+    return str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def read_dynamic(path: str | Path) -> DynamicInfo:
-    """The dynamic facts of the ELF file at ``path``."""
+    """Whether the ELF file at ``path`` is a shared library, and its soname (a few reads)."""
+    return _read_dynamic(*_identity(path))
+
+
+def dynamic_relocs(path: str | Path) -> tuple[DynamicReloc, ...]:
+    """The relocations of ``.rela.dyn`` (read once per file and version: a big library has
+    tens of thousands, so only the library a patch is for is read)."""
+    return _dynamic_relocs(*_identity(path))
+
+
+def bound_relocs(path: str | Path) -> tuple[DynamicReloc, ...]:
+    """The relocations that bind a GOT slot to a symbol's final address (``R_X86_64_JUMP_SLOT``
+    of ``.rela.plt``, ``R_X86_64_GLOB_DAT`` of ``.rela.dyn``): where an object's calls to an
+    IFUNC find the implementation the dynamic linker chose."""
+    return _bound_relocs(*_identity(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_dynamic(path: str, _dev: int, _ino: int, _mtime: int, _size: int) -> DynamicInfo:
     try:
         with open(path, "rb") as f:
             headers = read_headers(f)
@@ -68,14 +96,36 @@ def read_dynamic(path: str | Path) -> DynamicInfo:
                         break
                     if tag == DT_SONAME:
                         soname = _string(strtab, value)
-            relocs = _relocs(f, headers)
     except (OSError, ValueError, struct.error) as e:
         raise FormatError(f"{path}: cannot read its dynamic section ({e})") from e
-    return DynamicInfo(library, soname, tuple(relocs))
+    return DynamicInfo(library, soname)
 
 
-def _relocs(f, headers) -> list[DynamicReloc]:
-    rela = headers.section(".rela.dyn")
+@functools.lru_cache(maxsize=8)
+def _dynamic_relocs(path: str, _dev: int, _ino: int, _mtime: int,
+                    _size: int) -> tuple[DynamicReloc, ...]:
+    try:
+        with open(path, "rb") as f:
+            return tuple(_relocs(f, read_headers(f)))
+    except (OSError, ValueError, struct.error) as e:
+        raise FormatError(f"{path}: cannot read its dynamic relocations ({e})") from e
+
+
+@functools.lru_cache(maxsize=32)
+def _bound_relocs(path: str, _dev: int, _ino: int, _mtime: int,
+                  _size: int) -> tuple[DynamicReloc, ...]:
+    try:
+        with open(path, "rb") as f:
+            headers = read_headers(f)
+            return tuple(r for section in (".rela.plt", ".rela.dyn")
+                         for r in _relocs(f, headers, section)
+                         if r.type in (R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT) and r.symbol)
+    except (OSError, ValueError, struct.error) as e:
+        raise FormatError(f"{path}: cannot read its dynamic relocations ({e})") from e
+
+
+def _relocs(f, headers, section: str = ".rela.dyn") -> list[DynamicReloc]:
+    rela = headers.section(section)
     if rela is None or rela.sh_link >= len(headers.sections):
         return []
     symtab = headers.sections[rela.sh_link]

@@ -8,7 +8,7 @@ it costs ~40 ms of every command's start-up (ELF-64 Object File Format, version 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import FormatError
 
@@ -20,8 +20,7 @@ _PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     p_type: int
     p_flags: int
     p_offset: int
@@ -31,8 +30,7 @@ class Segment:
     p_align: int
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     name: str
     sh_type: int
     sh_flags: int
@@ -43,8 +41,7 @@ class Section:
     sh_info: int
 
 
-@dataclass(frozen=True)
-class Headers:
+class Headers(NamedTuple):
     e_type: int
     segments: list[Segment]
     sections: list[Section]

@@ -27,6 +27,10 @@ R_X86_64_GOTPC32_TLSDESC = 34
 R_X86_64_TLSDESC_CALL = 35
 TLS_DYNAMIC = {R_X86_64_TLSGD, R_X86_64_TLSLD, R_X86_64_DTPOFF32, R_X86_64_GOTPC32_TLSDESC,
                R_X86_64_TLSDESC_CALL}
+# what katana links: a tls_index pair {module id, offset} for __tls_get_addr, and the offset of
+# a variable in its module's block; TLS descriptors (-mtls-dialect=gnu2) it does not
+TLS_INDEX = {R_X86_64_TLSGD, R_X86_64_TLSLD}
+TLS_DESCRIPTORS = TLS_DYNAMIC - TLS_INDEX - {R_X86_64_DTPOFF32}
 R_X86_64_GOTPCRELX = 41
 R_X86_64_REX_GOTPCRELX = 42
 

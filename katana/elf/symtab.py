@@ -15,7 +15,7 @@ import bisect
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import BuildError, FormatError
 
@@ -38,8 +38,7 @@ _ELF64_SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, s
 _ADDRESSABLE = {STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_GNU_IFUNC, STT_TLS}
 
 
-@dataclass(frozen=True)
-class ElfSymbol:
+class ElfSymbol(NamedTuple):
     """A symbol as the file says (link-time value: add the load bias for a PIE)."""
 
     name: str

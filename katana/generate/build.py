@@ -18,7 +18,7 @@ from katana.elf.relocs import (
     R_X86_64_GOTPCREL,
     R_X86_64_PC32,
     R_X86_64_PLT32,
-    TLS_DYNAMIC,
+    TLS_DESCRIPTORS,
 )
 from katana.elf.symtab import STT_OBJECT, STT_TLS
 from katana.errors import GenerateError
@@ -36,10 +36,9 @@ Origin = tuple[str, int]  # (object relpath, index of a section or a symbol)
 def _dynamic_tls(pair: ObjectPair, sec: ObjSection, name: str) -> GenerateError:
     return GenerateError(
         f"{pair.relpath}: {sec.name} reaches the thread-local variable {name or '(a local)'} "
-        "through __tls_get_addr (the general- or local-dynamic model, the default for -fPIC "
-        "code): katana patches initial-exec and local-exec accesses only",
-        hint="declare the variable __attribute__((tls_model(\"initial-exec\"))), or build the "
-             "library with -ftls-model=initial-exec, in both releases")
+        "through a TLS descriptor (-mtls-dialect=gnu2): katana patches the initial-exec, "
+        "local-exec and __tls_get_addr (general and local dynamic) forms only",
+        hint="build without -mtls-dialect=gnu2, in both releases")
 
 
 @dataclass
@@ -94,7 +93,7 @@ class Closure:
             fp = self.fingerprinters[pair.relpath]
             for r in sec.relocs:
                 name = pair.new.symbols[r.sym].name
-                if r.type in TLS_DYNAMIC:
+                if r.type in TLS_DESCRIPTORS:
                     raise _dynamic_tls(pair, sec, name)
                 if not pair.new.symbols[r.sym].defined and \
                         self._new_library_variable(name, r.type):

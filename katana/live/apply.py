@@ -74,7 +74,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
     trust = trust or check_policy(po_path, config)
     audit = new_audit(po_path, trust.po_sha256, trust.signer, trust.trusted)
     with signals_held():
-        plan = _prepare(po_path, pid, audit)
+        plan, maps = _prepare(po_path, pid, audit)
         trust.confirm(po_path, plan.po_sha256)
         check_interrupts()
         say(1, _describe_plan(plan))
@@ -83,7 +83,7 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
         commit = Commit(plan, proc)
         try:
             record = _stage_stop_commit(plan, proc, commit, ranges, config, leave_stopped, say,
-                                        began)
+                                        began, maps)
         except KatanaError as e:
             if _exited(pid):  # it died under us: nothing "runs as before"
                 raise TargetError(f"process {pid} exited while katana was applying the "
@@ -104,11 +104,13 @@ def apply_patch(po_path: Path, pid: int, config, leave_stopped: bool = False,
                   plan.timings, late)
 
 
-def _prepare(po_path: Path, pid: int, audit) -> Plan:
+def _prepare(po_path: Path, pid: int, audit) -> tuple[Plan, list[procfs.Mapping]]:
     """``plan.prepare``, where a process that vanishes midway is a target error (its
-    /proc/PID/exe and maps disappear under the readers), not a damaged file or a bug."""
+    /proc/PID/exe and maps disappear under the readers), not a damaged file or a bug; and the
+    maps it read, which the safe point's set-up reuses (one reading before the seize)."""
     try:
-        return prepare(po_path, pid, audit)
+        maps = procfs.read_maps(pid)
+        return prepare(po_path, pid, audit, maps), maps
     except TargetError:
         raise
     except (KatanaError, OSError) as e:
@@ -129,14 +131,15 @@ def _exited(pid: int) -> bool:
 
 
 def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config,
-                       leave_stopped: bool, say, began: float) -> Record:
+                       leave_stopped: bool, say, began: float, maps) -> Record:
     from katana.safety.safepoint import Checker, wait_for_safe_point
 
     started = time.monotonic()
     # what the safe point needs (the CFI of every mapped object, the coroutine switch points),
     # read before the stop
     checker = Checker(plan.pid, ranges, say, declared=plan.declared_stacks,
-                      return_hooks=config.return_hooks, records=plan.all_records)
+                      return_hooks=config.return_hooks, records=plan.all_records, maps=maps,
+                      read=proc.memory.read)
     try:
         proc.seize()
         fault_point("seized")
@@ -169,9 +172,10 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
             checker.hooks.unmap_running(proc)
             commit.free()
             raise
-        if checker.hooks.base:  # return hooks were used: their pages go now, the patch is in
-            proc.resume()
+        if checker.hooks.base or commit.spare_heap:
+            proc.resume()  # the patch is in: what it did not need goes while the process runs
             checker.hooks.unmap_running(proc)
+            commit.drop_spare()
         proc.detach(leave_stopped=leave_stopped or config.leave_stopped)
         plan.timings["commit"] = time.monotonic() - stopped_at
     except BaseException:
@@ -188,7 +192,7 @@ def _stage_stop_commit(plan: Plan, proc: Process, commit: Commit, ranges, config
     say(1, f"safe point: no thread inside the {len(ranges)} function(s) of the safety set "
            f"(after {proc.stops} stop(s))")
     say(1, f"loaded {plan.layout.size // 1024} KiB at {commit.base:#x}; "  # type: ignore
-           f"{len(commit.sites)} place(s) in the program rewritten")
+           f"{len(commit.sites)} place(s) in the {plan.po.meta.kind} rewritten")
     for site in commit.sites:
         say(2, f"  {site.address:#x}: {site.original.hex()} -> {site.new.hex()}")
     return record

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -99,6 +98,8 @@ def _datagram(path: Path, line: str) -> None:
     # (/run/systemd/journal/dev-log) reads the same bytes syslog would get
     stamp = time.strftime("%b %e %H:%M:%S")
     message = f"<{LOG_AUTHPRIV | LOG_NOTICE}>{stamp} katana[{os.getpid()}]: {line}"
+    import socket  # only when the system log is written to
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(message.encode(), str(path))
 

@@ -43,6 +43,11 @@ class Commit:
         self._record: bytes | None = None
         self._unplanned: list[tuple[int, bytes]] = []  # read at stage, checked when stopped
         self._recorded = False
+        self._spans: list[tuple[int, int]] | None = None  # see _plan_spans
+        self._checks: list[tuple[int, int, bytes, str]] = []
+        self._jumps: list[tuple[int, int, bytes]] = []
+        self._heap: tuple[int, int] | None = None  # room for moved pointees, mapped at stage
+        self._heap_used = False
 
     def stage(self) -> None:
         """Everything that does not need the target stopped (the process seized)."""
@@ -56,31 +61,87 @@ class Commit:
                              hint="see katana status; run the command again if the patch "
                                   "still fits")
         borrower = Borrower(proc, maps)
+        rx = inject.PROT_READ | inject.PROT_EXEC
+        # The code's pages are made read-execute by the same borrowed thread, right after
+        # the mmap (one borrowing); the code is then written through /proc/PID/mem, which a
+        # tracer may do into a read-only private mapping. Nothing leads there yet.
+        text = (plan.layout.text_start, plan.layout.text_size, rx) \
+            if plan.layout.text_size else None
         try:
             obj = plan.obj
             # within rel32 reach of the object patched: the program, or a library
             near = None if obj is None else (*obj.extent, obj.low_2g)
             self.base = alloc.map_running(proc, borrower, plan.layout.size,
-                                          inject.PROT_READ | inject.PROT_WRITE, maps, near)
+                                          inject.PROT_READ | inject.PROT_WRITE, maps, near,
+                                          protect=text)
+            if text and not alloc.protected(procfs.maps_text(plan.pid), self.base + text[0],
+                                            text[1], rx):
+                raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
             self._resolve_libraries()
-            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i])
+            image = link(plan.po, plan.layout, self.base, lambda i, _s: plan.externals[i],
+                         self._tls_index)
             start = plan.layout.text_start
             proc.write(self.base + start, bytes(image[start:]))
-            text = (self.base + start, plan.layout.text_size)
-            if plan.layout.text_size:
-                def executable() -> bool:
-                    m = proc.mapping_at(text[0])
-                    return m is not None and m.perms[:3] == "r-x"
-
-                borrower.syscall(inject.SYS_mprotect, *text, inject.PROT_READ | inject.PROT_EXEC,
-                                 effect=executable)
-                if not executable():
-                    raise ApplyError(f"mprotect of the patch code in process {plan.pid} failed")
+            if plan.transfers:
+                self._map_heap(borrower, near)
         finally:
             borrower.close()
         self._plan_writes()
+        self._plan_spans(maps)  # the patched object's and earlier regions' mappings, as read here
         if not plan.transfers:
             self._record = self._encode_record()
+
+    def _transfer_state(self) -> StateTransfer:
+        st = StateTransfer(self.proc.read, self.plan.po.meta.types)
+        for v, old, _refs in self.plan.transfers:
+            st.seed(old, new_address(self.plan, self.base, v.symbol),  # type: ignore[arg-type]
+                    v.type or "")
+        return st
+
+    def _map_heap(self, borrower: Borrower, near: tuple[int, int, bool] | None) -> None:
+        """Map the room the pointees of transformed variables move to, while the process runs:
+        at the safe point no system call is made in the target (an injected one would leave a
+        thread with borrowed registers if katana died in it). The pointees are counted on the
+        running process, so the data may grow before the stop: twice that, and some more."""
+        try:
+            st = self._transfer_state()
+            st.discover()
+            need = st.heap_size()
+        except KatanaError:
+            need = 0  # read while the program writes: the count at the stop decides
+        size = -(-(2 * need + HEAP_SLACK) // procfs.PAGE_SIZE) * procfs.PAGE_SIZE
+        heap = alloc.map_running(self.proc, borrower, size,
+                                 inject.PROT_READ | inject.PROT_WRITE, None, near)
+        self._heap = (heap, size)
+        self.extra.append(self._heap)
+
+    @property
+    def spare_heap(self) -> bool:
+        """The room mapped for pointees that none needed at the stop (see ``drop_spare``)."""
+        return self._heap is not None and not self._heap_used
+
+    def drop_spare(self) -> None:
+        """Unmap the unused pointee room; the process runs (seized) meanwhile."""
+        if not self.spare_heap:
+            return
+        assert self._heap is not None
+        self.extra.remove(self._heap)
+        borrower = Borrower(self.proc)
+        try:
+            borrower.syscall(inject.SYS_munmap, *self._heap)
+        except KatanaError:
+            pass  # the process died: nothing to free
+        finally:
+            borrower.close()
+        self._heap = None
+
+    def _tls_index(self, index: int) -> tuple[int, int]:
+        found = self.plan.library_tls.get(index)
+        if found is None:
+            name = self.plan.po.symbols[index].name
+            raise ApplyError(f"the patch reaches {name} through __tls_get_addr, which katana "
+                             "supports for a library's own thread-local variables only")
+        return found
 
     def _plan_writes(self) -> None:
         by_name = {(f.old_name or f.name): f for f in self.plan.po.meta.functions}
@@ -100,33 +161,43 @@ class Commit:
     def _encode_record(self) -> bytes:
         sites = self.sites + [Site(a, old, new) for a, old, new in self._writes]
         record = build_record(self.plan, self.base, sites)
-        record.extra_regions = list(self.extra)
+        # the pointee room counts only if pointees moved there (else it goes after the commit)
+        record.extra_regions = [r for r in self.extra if r != self._heap or self._heap_used]
         raw = record.encode()
         if len(raw) > self.plan.layout.text_start:  # type: ignore[union-attr]
             raise ApplyError("the patch record does not fit its reserved space")
         self.record = record
         return raw
 
-    def run(self) -> Record:
-        """At the safe point: check, redirect, record."""
-        proc = self.proc
+    def _plan_spans(self, maps: list[procfs.Mapping] | None = None) -> None:
+        """Before the stop: the spans of nearby places read and written as one (one read per
+        cluster to check, one write to switch on), and where each check and jump falls."""
         checks = [(r.start, r.expected, r.name) for r in self.plan.redirects if r.expected]
         checks += [(address, old, f"the code at {address:#x}") for address, old in
                    self._unplanned]
-        clusters = _clusters([(a, len(e)) for a, e, _ in checks] +
-                             [(a, len(n)) for a, _o, n in self._writes], proc.cached_maps())
+        self._spans = _clusters([(a, len(e)) for a, e, _ in checks] +
+                                [(a, len(n)) for a, _o, n in self._writes],
+                                self.proc.cached_maps() if maps is None else maps)
+        self._checks = [(_cluster_of(self._spans, a), a, e, name) for a, e, name in checks]
+        self._jumps = [(_cluster_of(self._spans, a), a, new) for a, _o, new in self._writes]
+
+    def run(self) -> Record:
+        """At the safe point: check, redirect, record."""
+        proc = self.proc
+        if self._spans is None:
+            self._plan_spans()
+        spans = self._spans
         # One read per cluster of nearby places (the executable's text, an earlier region)
         # instead of one per function: the stop stays flat in patch size.
-        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
-        for address, expected, name in checks:
-            lo = _cluster_of(clusters, address)
+        live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in spans}
+        for lo, address, expected, name in self._checks:
             if live[lo][address - lo:address - lo + len(expected)] != expected:
                 raise ApplyError(f"{name} at {address:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
         if self.plan.transfers:
             self._transfer()
             # references re-aimed in the executable's code: read the spans again
-            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in clusters}
+            live = {lo: bytearray(proc.read(lo, hi - lo)) for lo, hi in spans}
         raw = self._record if self._record is not None else self._encode_record()
         fault_point("stopped")
         # The record first: until a jump is written it counts for nothing (read_records skips
@@ -137,10 +208,9 @@ class Commit:
         proc.write(self.base, raw)
         self._recorded = True
         fault_point("recorded")
-        for address, _old, new in self._writes:
-            lo = _cluster_of(clusters, address)
+        for lo, address, new in self._jumps:
             live[lo][address - lo:address - lo + len(new)] = new
-        for lo, _hi in clusters:
+        for lo, _hi in spans:
             proc.write(lo, bytes(live[lo]))
         self.sites += [Site(address, old, new) for address, old, new in self._writes]
         fault_point("committed")
@@ -149,9 +219,10 @@ class Commit:
     def _resolve_libraries(self) -> None:
         from katana.target.symbols import ProcessSymbols
 
-        if self.plan.far:
+        far = self.plan.far - self.plan.in_program  # the program's are resolved already
+        if far:
             symbols = ProcessSymbols(self.proc)
-            for i in self.plan.far:
+            for i in far:
                 self.plan.externals[i] = symbols.lookup_library(self.plan.po.symbols[i].name)
 
     def _transfer(self) -> None:
@@ -159,16 +230,17 @@ class Commit:
         re-aim every reference the running program has to their old storage."""
         if not self.plan.transfers:
             return
-        st = StateTransfer(self.proc.read, self.plan.po.meta.types)
-        for v, old, _refs in self.plan.transfers:
-            st.seed(old, new_address(self.plan, self.base, v.symbol),  # type: ignore[arg-type]
-                    v.type or "")
+        st = self._transfer_state()
         st.discover()
+        fault_point("transfer")
         if st.pointees:
-            size = (st.heap_size() + 4095) & ~4095
-            heap = alloc.map_near(self.proc, size, inject.PROT_READ | inject.PROT_WRITE)
-            self.extra.append((heap, size))
+            need, (heap, room) = st.heap_size(), self._heap or (0, 0)
+            if need > room:
+                raise ApplyError(f"the live data to move grew while the patch was staged "
+                                 f"({need} bytes now, {room} mapped for it)",
+                                 hint="run the command again")
             st.place(heap)
+            self._heap_used = True
         for address, data in st.writes():
             self.proc.write(address, data)
         dead = [(r.address, r.address + r.size) for r in self.plan.redirects]
@@ -241,6 +313,7 @@ class Commit:
         self.base, self.extra = 0, []
 
 
+HEAP_SLACK = 64 << 10  # pointee room mapped beyond twice what was counted at stage
 CLUSTER_GAP = 64 << 10  # places closer than this are read and written as one span
 
 

@@ -21,6 +21,7 @@ from katana.elf.relocs import (
     R_X86_64_32,
     R_X86_64_32S,
     R_X86_64_64,
+    R_X86_64_DTPOFF32,
     R_X86_64_GOTPCREL,
     R_X86_64_GOTPCRELX,
     R_X86_64_GOTTPOFF,
@@ -29,7 +30,9 @@ from katana.elf.relocs import (
     R_X86_64_PC64,
     R_X86_64_PLT32,
     R_X86_64_REX_GOTPCRELX,
+    R_X86_64_TLSLD,
     R_X86_64_TPOFF32,
+    TLS_INDEX,
 )
 from katana.errors import ApplyError
 from katana.po.model import PatchObject, Symbol
@@ -39,7 +42,10 @@ PAGE = 4096
 _GOT_TYPES = {R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTTPOFF}
 TLS_TYPES = {R_X86_64_GOTTPOFF, R_X86_64_TPOFF32}
 SUPPORTED = {R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_32,
-             R_X86_64_32S, R_X86_64_PC64, R_X86_64_TPOFF32} | _GOT_TYPES
+             R_X86_64_32S, R_X86_64_PC64, R_X86_64_TPOFF32, R_X86_64_DTPOFF32} | _GOT_TYPES | \
+    TLS_INDEX
+# (module id, offset of the variable in the module's TLS block) of a thread-local symbol
+TlsIndex = Callable[[int], tuple[int, int]]
 STUB_SIZE = 16  # jmp *0(%rip); .quad target; 2 bytes of padding
 
 
@@ -65,6 +71,8 @@ class Layout:
     offsets: list[int]  # section index -> offset in the region
     stub_offset: dict[int, int] = field(default_factory=dict)  # symbol -> stub offset
     got_offset: dict[int, int] = field(default_factory=dict)  # symbol -> GOT slot offset
+    # (symbol, R_X86_64_TLSGD or TLSLD) -> offset of its tls_index pair, for __tls_get_addr
+    tls_offset: dict[tuple[int, int], int] = field(default_factory=dict)
 
     @property
     def text_start(self) -> int:
@@ -103,15 +111,22 @@ def plan_layout(po: PatchObject, record_size: int, far: set[int]) -> Layout:
     for sym in got_syms:
         got[sym] = cursor
         cursor += 8
+    cursor = _align(cursor, 16)
+    tls = {}
+    for pair in sorted({(r.symbol, r.type) for s in po.sections for r in s.relocs
+                        if r.type in TLS_INDEX}):
+        tls[pair] = cursor
+        cursor += 16  # tls_index: unsigned long ti_module, ti_offset (x86-64 psABI)
     return Layout(_align(record_size, PAGE), text_end - _align(record_size, PAGE),
-                  _align(max(cursor, text_end + 1), PAGE), offsets, stubs, got)
+                  _align(max(cursor, text_end + 1), PAGE), offsets, stubs, got, tls)
 
 
 def link(po: PatchObject, layout: Layout, base: int,
-         resolve: Callable[[int, Symbol], int]) -> bytearray:
+         resolve: Callable[[int, Symbol], int], tls: TlsIndex | None = None) -> bytearray:
     """The region's bytes (record part left zero) with every relocation applied.
 
-    ``resolve(index, symbol)`` gives the runtime address of an external symbol.
+    ``resolve(index, symbol)`` gives the runtime address of an external symbol; ``tls(index)``
+    the module id and block offset of a thread-local one reached through __tls_get_addr.
     """
     image = bytearray(layout.size)
     addresses = []
@@ -129,10 +144,19 @@ def link(po: PatchObject, layout: Layout, base: int,
     for sym, off in layout.got_offset.items():
         # a GOTTPOFF slot holds a thread-pointer offset, negative (TLS variant II)
         image[off:off + 8] = struct.pack("<Q", addresses[sym] & (2**64 - 1))
+    for (sym, rtype), off in layout.tls_offset.items():
+        assert tls is not None
+        module, offset = tls(sym)
+        # local dynamic asks __tls_get_addr for the block, then adds DTPOFF32 fields itself
+        struct.pack_into("<QQ", image, off, module, offset if rtype != R_X86_64_TLSLD else 0)
     for i, sec in enumerate(po.sections):
         for r in sec.relocs:
-            _apply(image, layout, base, layout.offsets[i] + r.offset, r.type,
-                   addresses[r.symbol], r.symbol, r.addend, sec.name)
+            s = addresses[r.symbol]
+            if r.type == R_X86_64_DTPOFF32:
+                assert tls is not None
+                s = tls(r.symbol)[1]
+            _apply(image, layout, base, layout.offsets[i] + r.offset, r.type, s, r.symbol,
+                   r.addend, sec.name)
     return image
 
 
@@ -145,6 +169,8 @@ def _apply(image: bytearray, layout: Layout, base: int, where: int, rtype: int, 
         s = base + layout.stub_offset[sym]
     if rtype in _GOT_TYPES:
         s, rtype = base + layout.got_offset[sym], R_X86_64_PC32
+    if rtype in TLS_INDEX:  # lea sym@tlsgd(%rip), %rdi: the address of its tls_index pair
+        s, rtype = base + layout.tls_offset[(sym, rtype)], R_X86_64_PC32
     if rtype == R_X86_64_64:
         struct.pack_into("<Q", image, where, (s + addend) & (2**64 - 1))
     elif rtype == R_X86_64_PC64:
@@ -155,8 +181,8 @@ def _apply(image: bytearray, layout: Layout, base: int, where: int, rtype: int, 
         _put32(image, where, s + addend, False, secname)
     elif rtype == R_X86_64_32S:
         _put32(image, where, s + addend, True, secname)
-    elif rtype == R_X86_64_TPOFF32:  # s is the variable's thread-pointer offset
-        _put32(image, where, s + addend, True, secname)
+    elif rtype in (R_X86_64_TPOFF32, R_X86_64_DTPOFF32):  # s: offset from the thread pointer,
+        _put32(image, where, s + addend, True, secname)  # or in the module's block
 
 
 def _put32(image: bytearray, where: int, value: int, signed: bool, secname: str) -> None:

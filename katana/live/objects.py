@@ -14,8 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.elf.dynamic import R_X86_64_TPOFF64, read_dynamic
-from katana.errors import ApplyError, KatanaError, MismatchError
+from katana.elf.dynamic import (
+    R_X86_64_64,
+    R_X86_64_DTPMOD64,
+    R_X86_64_GLOB_DAT,
+    R_X86_64_RELATIVE,
+    R_X86_64_TPOFF64,
+    dynamic_relocs,
+    read_dynamic,
+)
+from katana.elf.executable import Reference
+from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
 from katana.live.record import Record
 from katana.po.model import Meta
 from katana.target import procfs
@@ -32,6 +41,7 @@ class PatchedObject:
     extent: tuple[int, int]  # [low, high) of its image in the process, .bss included
     soname: str | None = None
     records: list[Record] = field(default_factory=list)  # its patches, oldest first
+    _tls: tuple[int | None, int | None] | None = field(default=None, repr=False)
 
     @property
     def effective_build_id(self) -> str:
@@ -49,26 +59,96 @@ class PatchedObject:
             return f"{self.name} {self.records[-1].to_label} (patched)"
         return f"{self.name} at {self.path}"
 
+    def bound_variable(self, pid: int, name: str) -> int | None:
+        """Where the library's own exported variable ``name`` lives in the process: what the
+        dynamic linker bound the library's GOT slot to. That is the program's copy when the
+        program refers to the variable (a copy relocation), and the library's code uses that
+        one. None: a program, or no slot."""
+        if self.kind != "library":
+            return None
+        for r in dynamic_relocs(self.path):
+            if r.type == R_X86_64_GLOB_DAT and r.symbol == name:
+                return _read_word(pid, r.offset + self.bias) - r.addend
+        return None
+
+    def got_slots(self, pid: int, low: int, size: int) -> list[Reference]:
+        """The library's code reaches its own default-visibility variables through its GOT
+        (they could be interposed), and its data holds their addresses through dynamic
+        relocations: the slots of .rela.dyn that now hold an address in [low, low + size),
+        for state transfer to re-aim. A slot that holds another address (the program's copy
+        of the variable) is left alone."""
+        if self.kind != "library":
+            return []
+        found = []
+        for r in dynamic_relocs(self.path):
+            if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
+                continue
+            target = (r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend) + \
+                self.bias
+            if not (r.value or r.type == R_X86_64_RELATIVE) or not low <= target < low + size:
+                continue
+            if _read_word(pid, r.offset + self.bias) == target:
+                found.append(Reference(r.offset + self.bias, R_X86_64_64, 8, target - low,
+                                       False))
+        return found
+
+    def tls_block(self, pid: int) -> tuple[int | None, int | None]:
+        """(module id, offset of the block from the thread pointer) of the library's
+        thread-local block, each None when the library's own relocations do not tell it.
+
+        The dynamic linker fills the library's GOT: an R_X86_64_TPOFF64 slot (initial-exec
+        code) with ``S + A - l_tls_offset``, an R_X86_64_DTPMOD64 slot (code that calls
+        __tls_get_addr) with the module id (glibc, elf_machine_rela). One slot of each read in
+        the process tells where the block is, without knowing ``struct link_map``; the
+        offset holds in every thread, since a block at a fixed offset (static TLS) is laid out
+        so in each."""
+        if self._tls is None:
+            module = tp = None
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                for r in dynamic_relocs(self.path):
+                    if r.type not in (R_X86_64_TPOFF64, R_X86_64_DTPMOD64) or \
+                            (r.symbol and not r.value):
+                        continue  # another module's variable
+                    mem.seek(r.offset + self.bias)
+                    live = int.from_bytes(mem.read(8), "little", signed=True)
+                    if r.type == R_X86_64_TPOFF64 and tp is None:
+                        tp = live - (r.value + r.addend)
+                    elif r.type == R_X86_64_DTPMOD64 and module is None:
+                        module = live
+            self._tls = (module, tp)
+        return self._tls
+
     def tp_offset(self, pid: int, tls_value: int, name: str) -> int:
         """Offset from the thread pointer of the library's thread-local variable at
-        ``tls_value`` (its st_value: an offset in the library's TLS block), the same in every
-        thread. The dynamic linker put the library's block at a fixed offset when the library
-        uses initial-exec accesses (DF_STATIC_TLS): the R_X86_64_TPOFF64 slots of its GOT hold
-        ``S + A - l_tls_offset`` (glibc, elf_machine_rela), so one slot read tells the offset."""
-        for r in read_dynamic(self.path).relocs:
-            if r.type != R_X86_64_TPOFF64:
-                continue
-            with open(f"/proc/{pid}/mem", "rb") as mem:
-                mem.seek(r.offset + self.bias)
-                live = int.from_bytes(mem.read(8), "little", signed=True)
-            return live - (r.value + r.addend) + tls_value
+        ``tls_value`` (its st_value: an offset in the library's TLS block)."""
+        tp = self.tls_block(pid)[1]
+        if tp is not None:
+            return tp + tls_value
         raise ApplyError(
-            f"the patch reaches the thread-local variable {name} of {self.name}, which reaches "
-            "none of its thread-local variables with the initial-exec model, so where its "
-            "block lies is not known (katana does not patch __tls_get_addr accesses)",
-            hint="declare the library's thread-local variables "
-                 "__attribute__((tls_model(\"initial-exec\"))) (or build it with "
-                 "-ftls-model=initial-exec)")
+            f"the patch reaches the thread-local variable {name} of {self.name} with the "
+            "initial-exec model, but the library's own code never does (it calls "
+            "__tls_get_addr), so its block may have no fixed place",
+            hint="reach it in the new code as the old code does: declare it "
+                 "__attribute__((tls_model(\"initial-exec\"))) in both releases, or in neither")
+
+    def tls_index(self, pid: int, tls_value: int, name: str) -> tuple[int, int]:
+        """(module id, offset in the block) of the library's thread-local variable, what
+        __tls_get_addr takes."""
+        module = self.tls_block(pid)[0]
+        if module is not None:
+            return module, tls_value
+        raise ApplyError(
+            f"the patch reaches the thread-local variable {name} of {self.name} through "
+            "__tls_get_addr, but the library's own code never does (it uses initial-exec), "
+            "so its module id is not known",
+            hint="reach it in the new code as the old code does: declare it "
+                 "__attribute__((tls_model(\"initial-exec\"))) in both releases, or in neither")
+
+
+def _read_word(pid: int, address: int) -> int:
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(address)
+        return int.from_bytes(mem.read(8), "little")
 
 
 def _is_exec(path: str) -> bool:
@@ -80,7 +160,10 @@ def base_name(name: str) -> str:
 
 
 def object_records(records: list[Record], kind: str, name: str) -> list[Record]:
-    """The records of one object of the process, oldest first."""
+    """The records of one object of the process, oldest first. A process has one program,
+    whatever name its POs gave it; its libraries are told apart by file name."""
+    if kind == "program":
+        return [r for r in records if r.kind == "program"]
     return [r for r in records if r.kind == kind and base_name(r.program) == base_name(name)]
 
 
@@ -89,7 +172,7 @@ def program_object(pid: int, meta: Meta, records: list[Record],
     maps = procfs.read_maps(pid) if maps is None else maps
     exe_maps = procfs.exe_mappings(pid, maps)
     if not exe_maps:
-        raise ApplyError(f"the executable of process {pid} is not mapped")
+        raise TargetError(f"the executable of process {pid} is not mapped")
     path = f"/proc/{pid}/exe"
     return PatchedObject("program", meta.program, path, procfs.load_bias(pid, maps),
                          read_build_id(path) or "", exe_extent(maps, exe_maps),
@@ -105,23 +188,40 @@ class MappedLibrary:
 
 
 def mapped_libraries(pid: int, maps: list[procfs.Mapping] | None = None) -> list[MappedLibrary]:
-    """Every shared library the process maps, with its build-id and soname."""
+    """Every shared library the process maps, with its build-id and soname; also one whose
+    file was deleted or replaced since it was loaded (an upgrade in place), when
+    /proc/PID/map_files still reaches it."""
+    maps = procfs.read_maps(pid) if maps is None else maps
+    exe = set(procfs.exe_mappings(pid, maps))
+    groups: dict[tuple[str, int], list[procfs.Mapping]] = {}
+    for m in maps:
+        if m.path.startswith("/") and m not in exe:
+            groups.setdefault((m.dev, m.inode), []).append(m)
     found = []
-    for lib in procfs.libraries(pid, maps):
-        file = _mapped_file(pid, lib)
+    for group in groups.values():
+        if not any(m.executable for m in group):
+            continue  # a data file the program maps (locale archive, database)
+        path = group[0].path.removesuffix(" (deleted)")
         try:
+            file = _mapped_file(pid, group, path)
+            e_type, low = procfs.elf_load_info(file)
+            base = min((m.start for m in group if m.offset == 0), default=group[0].start)
+            lib = procfs.Library(path, base, base - low if e_type == procfs.ET_DYN else 0,
+                                 tuple(group))
             found.append(MappedLibrary(lib, file, read_build_id(file),
                                        read_dynamic(file).soname))
         except (KatanaError, OSError):
-            continue  # unreadable: it cannot be the library a patch is for
-    return found
+            continue  # unreadable, or not ELF: it cannot be the library a patch is for
+    return sorted(found, key=lambda m: m.library.base)
 
 
-def _mapped_file(pid: int, lib: procfs.Library) -> str:
-    first = min((m for m in lib.mappings if m.offset == 0), key=lambda m: m.start,
-                default=lib.mappings[0])
-    path = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
-    return path if os.access(path, os.R_OK) else lib.path
+def _mapped_file(pid: int, group: list[procfs.Mapping], path: str) -> str:
+    first = min((m for m in group if m.offset == 0), key=lambda m: m.start, default=group[0])
+    mapped = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}"
+    if os.access(mapped, os.R_OK):
+        return mapped
+    # a library seen through another mount namespace (a container) is under /proc/PID/root
+    return next((p for p in (path, f"/proc/{pid}/root{path}") if os.path.isfile(p)), path)
 
 
 def _names(mapped: MappedLibrary) -> set[str]:

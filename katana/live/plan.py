@@ -14,16 +14,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from katana.elf.dynamic import R_X86_64_GLOB_DAT, R_X86_64_RELATIVE, read_dynamic
 from katana.elf.executable import Executable, Reference, open_executable, references_to
 from katana.elf.relocs import (
     R_X86_64_64,
+    R_X86_64_DTPOFF32,
     R_X86_64_NONE,
     R_X86_64_PC32,
     R_X86_64_PLT32,
+    TLS_INDEX,
     field_size,
 )
-from katana.elf.symtab import STT_TLS
+from katana.elf.symtab import STT_FUNC, STT_OBJECT, STT_TLS
 from katana.errors import AlreadyAppliedError, ApplyError, MismatchError
 from katana.live.loader import Layout, plan_layout
 from katana.live.objects import PatchedObject, find_object, library_with_build
@@ -75,6 +76,10 @@ class Plan:
     # (katana_stacks, katana_nstacks): where the program declares its coroutine stacks
     declared_stacks: tuple[int, int] | None = None
     audit: Audit | None = None  # who applies it, kept in the record
+    # a library's thread-local variables the patch uses (PO symbol -> (module id, offset in
+    # its block) where reached through __tls_get_addr): resolved afresh by every patch
+    library_tls: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+    in_program: set[int] = field(default_factory=set)  # far symbols a library's patch calls
 
 
 _PO_CACHE: dict[tuple[str, int, int], tuple[PatchObject, str]] = {}
@@ -91,12 +96,13 @@ def _load(po_path: Path) -> tuple[PatchObject, str]:
     return _PO_CACHE[k]
 
 
-def verify(po_path: Path, pid: int) -> tuple[PatchObject, str, list[Record], PatchedObject]:
+def verify(po_path: Path, pid: int, maps: list[procfs.Mapping] | None = None
+           ) -> tuple[PatchObject, str, list[Record], PatchedObject]:
     """The PO and the process belong together: the object it is for (the program, or a library
-    the process maps) runs the PO's FROM build now."""
+    the process maps) runs the PO's FROM build now. ``maps``: the process's, if at hand."""
     po, sha = _load(po_path)
     procfs.check_process(pid)
-    records = read_records(pid)
+    records = read_records(pid, maps)
     obj = find_object(pid, po.meta, records)
     # what counts is the build the object runs now, so that v0 -> v1, v1 -> v2, v2 -> v1 can
     # be followed by v1 -> v2 again
@@ -155,6 +161,10 @@ def _lookup_existing(plan: Plan, name: str, file: str | None, entry: bool = Fals
     sym = plan.exe.lookup(name, file)
     if sym is None:
         return None
+    if sym.type == STT_OBJECT and file is None and plan.obj is not None:
+        bound = plan.obj.bound_variable(plan.pid, name)
+        if bound is not None:
+            return bound
     if sym.type != STT_TLS:
         return sym.value + plan.bias
     # a thread-local variable has no one address: the code reaches it from the thread pointer
@@ -171,6 +181,10 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
     for i, sym in enumerate(plan.po.symbols):
         if sym.section is not None:
             continue
+        tls = _library_tls(plan, i, sym)
+        if tls is not None:
+            plan.externals[i] = tls
+            continue
         address = _lookup_existing(plan, sym.name, sym.file if sym.local else None, sym.entry)
         if address is not None:
             plan.externals[i] = address
@@ -183,6 +197,8 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
         symbols = ProcessSymbols(plan.pid)
         for i, sym in libs:
             exported = _exported(symbols, sym.name)
+            if exported is None and _in_program(plan, symbols, i, sym):
+                continue
             if exported is None:
                 raise ApplyError(f"the patch uses {sym.name}, found neither in the program "
                                  "nor in any library it has loaded")
@@ -193,6 +209,42 @@ def _resolve_externals(plan: Plan) -> list[tuple[int, Symbol]]:
                     hint="use it in the program first, or reach it through a function")
             plan.far.add(i)
     return libs
+
+
+def _in_program(plan: Plan, symbols, index: int, sym: Symbol) -> bool:
+    """A library's patch that calls the program (a plugin calling its host's API): the
+    function is reached through an absolute-jump stub, as a library's is from a program."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return False
+    found = symbols.executable.find_global(sym.name)
+    if found is None or found.type != STT_FUNC:
+        if found is not None and _pc_relative_uses(plan.po, index):
+            raise ApplyError(f"the patch of {plan.obj.name} reads {sym.name}, a variable of the "
+                             "program, beyond the 32-bit reach of the patch's code",
+                             hint="reach it through a function of the program")
+        return False
+    plan.externals[index] = found.value + symbols.bias
+    plan.far.add(index)
+    plan.in_program.add(index)
+    return True
+
+
+def _library_tls(plan: Plan, index: int, sym: Symbol) -> int | None:
+    """For a library's patch, what the loader needs of one of its thread-local variables:
+    its offset from the thread pointer for initial-exec code (a GOTTPOFF slot), its tls_index
+    for code that calls __tls_get_addr (TLSGD, TLSLD, DTPOFF32). None: not one of them."""
+    if plan.obj is None or plan.obj.kind != "library":
+        return None
+    found = plan.exe.lookup(sym.name, sym.file if sym.local else None)
+    if found is None or found.type != STT_TLS:
+        return None
+    types = {r.type for sec in plan.po.sections for r in sec.relocs if r.symbol == index}
+    plan.library_tls[index] = None
+    if types & (TLS_INDEX | {R_X86_64_DTPOFF32}):
+        plan.library_tls[index] = plan.obj.tls_index(plan.pid, found.value, sym.name)
+    if types - TLS_INDEX - {R_X86_64_DTPOFF32}:
+        return plan.obj.tp_offset(plan.pid, found.value, sym.name)
+    return 0  # reached through __tls_get_addr only: it has no one address
 
 
 def _exported(symbols, name: str):
@@ -271,37 +323,22 @@ def _plan_transfers(plan: Plan) -> None:
         if old is None:
             raise ApplyError(f"variable {name} is not in the running program")
         in_exe = plan.exe.lookup(name, file)
+        if plan.obj is not None and plan.obj.kind == "library" and in_exe is not None and \
+                in_exe.value + plan.bias != old:
+            raise ApplyError(
+                f"variable {name} of {plan.obj.name} lives in the program (its copy "
+                "relocation), whose references to it a library's patch cannot re-aim: its "
+                "layout cannot change this way",
+                hint="keep the variable's type, or reach it only through functions of the "
+                     "library (then the program has no copy)")
         refs = [dataclasses.replace(r, address=r.address + plan.bias) for r in
                 references_to(plan.exe, old - plan.bias, old - plan.bias + v.old_size)] \
             if in_exe is not None and in_exe.value + plan.bias == old else []
-        if in_exe is not None and in_exe.value + plan.bias == old:
-            refs += _got_slots(plan, old, v.old_size)
+        if in_exe is not None and in_exe.value + plan.bias == old and plan.obj is not None:
+            refs += plan.obj.got_slots(plan.pid, old, v.old_size)
         for record in plan.records:  # earlier patches' code refers to it too
             refs += [Reference(*site) for site in record.refs.get(key(name, file), [])]
         plan.transfers.append((v, old, refs))
-
-
-def _got_slots(plan: Plan, old: int, size: int) -> list[Reference]:
-    """A library's code reaches its own default-visibility variables through its GOT (they
-    could be interposed), and its data holds their addresses through dynamic relocations:
-    slots of .rela.dyn that now hold an address inside the variable. A slot that holds
-    another address (the program's copy of the variable) is left alone."""
-    if plan.obj is None or plan.obj.kind != "library":
-        return []
-    found = []
-    with open(f"/proc/{plan.pid}/mem", "rb") as mem:
-        for r in read_dynamic(plan.exe.path).relocs:
-            if r.type not in (R_X86_64_GLOB_DAT, R_X86_64_64, R_X86_64_RELATIVE):
-                continue
-            target = r.addend if r.type == R_X86_64_RELATIVE else r.value + r.addend
-            if not (r.value or r.type == R_X86_64_RELATIVE) or \
-                    not old <= target + plan.bias < old + size:
-                continue
-            mem.seek(r.offset + plan.bias)
-            if int.from_bytes(mem.read(8), "little") == target + plan.bias:
-                found.append(Reference(r.offset + plan.bias, R_X86_64_64, 8,
-                                       target + plan.bias - old, False))
-    return found
 
 
 def _plan_declared_stacks(plan: Plan) -> None:
@@ -315,10 +352,12 @@ def _plan_declared_stacks(plan: Plan) -> None:
         plan.declared_stacks = (table.value + bias, count.value + bias)
 
 
-def prepare(po_path: Path, pid: int, audit: Audit | None = None) -> Plan:
-    """Verify and plan; nothing is stopped or written yet."""
+def prepare(po_path: Path, pid: int, audit: Audit | None = None,
+            maps: list[procfs.Mapping] | None = None) -> Plan:
+    """Verify and plan; nothing is stopped or written yet. ``maps``: the process's mappings,
+    read once by the caller for what comes before the seize."""
     started = time.monotonic()
-    po, sha, records, obj = verify(po_path, pid)
+    po, sha, records, obj = verify(po_path, pid, maps)
     exe = open_executable(obj.path)
     bias = obj.bias if exe.pie else 0
     # before the record is sized
@@ -353,7 +392,7 @@ def build_record(plan: Plan, base: int, sites: list[Site]) -> Record:
             rec.symbols[key(sym.name, sym.file if sym.local else None)] = \
                 new_address(plan, base, i)
         elif sym.section is None and i in plan.externals and i not in plan.far \
-                and not sym.entry:
+                and not sym.entry and i not in plan.library_tls:
             # library symbols are looked up afresh by the next patch (they need a stub)
             name = sym.new_name or sym.name
             rec.symbols[key(name, sym.file if sym.local else None)] = plan.externals[i]

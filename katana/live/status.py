@@ -7,7 +7,6 @@ import time
 from katana.elf.buildid import read_build_id
 from katana.errors import TargetError
 from katana.live.record import MAGIC, REVERTED_MAGIC, Audit, Record, read_records
-from katana.po.signature import short_id
 
 
 def records_of(pid: int, magic: bytes = MAGIC) -> list[Record]:
@@ -29,6 +28,8 @@ def _audit_json(audit: Audit | None) -> dict | None:
 
 
 def _audit_text(audit: Audit | None) -> str:
+    from katana.po.signature import short_id  # the signature code only for a signed patch
+
     if audit is None:
         return "applied by: unknown (a katana that kept no audit)"
     signer = "unsigned" if audit.signer == "unsigned" else \

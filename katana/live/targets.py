@@ -123,7 +123,9 @@ def library_pids(names: set[str], chosen: Selection = EVERY) -> list[int]:
             text = procfs.maps_text(pid)
         except KatanaError:
             continue  # exited, or not ours to read
-        if any(line.rsplit("/", 1)[-1] in names for line in text.splitlines() if "/" in line):
+        # a library replaced on disk since it was loaded reads "libkv.so (deleted)"
+        if any(line.rsplit("/", 1)[-1].removesuffix(" (deleted)") in names
+               for line in text.splitlines() if "/" in line):
             found.append(pid)
     return found
 

@@ -1,43 +1,34 @@
 """The Patch Object: its in-memory model, its ELF file format (``docs/po-format.md``), and the
-writer and strict reader that turn one into the other."""
+writer and strict reader that turn one into the other.
+
+The names below are imported on first use (PEP 562): ``katana apply`` reads POs and never
+writes one, and ``katana status`` needs neither, so neither pays for the other's modules.
+"""
 
 from __future__ import annotations
 
-from katana.po.model import (
-    FORMAT_VERSION,
-    FieldOp,
-    FunctionPatch,
-    FunctionRef,
-    Meta,
-    PatchObject,
-    PatchTarget,
-    Reloc,
-    Section,
-    Symbol,
-    TypeTransform,
-    VariablePatch,
-)
-from katana.po.reader import RELOC_BY_NAME, RELOC_TYPES, RelocType, load_po, read_po
-from katana.po.writer import po_bytes, write_po
+import importlib
 
-__all__ = [
-    "FORMAT_VERSION",
-    "RELOC_BY_NAME",
-    "RELOC_TYPES",
-    "FieldOp",
-    "FunctionPatch",
-    "FunctionRef",
-    "Meta",
-    "PatchObject",
-    "PatchTarget",
-    "Reloc",
-    "RelocType",
-    "Section",
-    "Symbol",
-    "TypeTransform",
-    "VariablePatch",
-    "load_po",
-    "po_bytes",
-    "read_po",
-    "write_po",
-]
+_WHERE = {
+    "FORMAT_VERSION": "model", "FieldOp": "model", "FunctionPatch": "model",
+    "FunctionRef": "model", "Meta": "model", "PatchObject": "model", "PatchTarget": "model",
+    "Reloc": "model",
+    "Section": "model", "Symbol": "model", "TypeTransform": "model", "VariablePatch": "model",
+    "RELOC_BY_NAME": "reader", "RELOC_TYPES": "reader", "RelocType": "reader",
+    "load_po": "reader", "read_po": "reader",
+    "po_bytes": "writer", "write_po": "writer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"katana.po.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

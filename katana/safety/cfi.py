@@ -19,6 +19,7 @@ import struct
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from katana.elf.leb128 import read_sleb, read_uleb
 from katana.errors import FormatError
@@ -45,8 +46,7 @@ class CfiError(FormatError):
     stays conservative (a FormatError, so that it shares that exit code's line in --help)."""
 
 
-@dataclass(frozen=True)
-class Cie:
+class Cie(NamedTuple):
     code_align: int
     data_align: int
     ra_reg: int
@@ -56,8 +56,7 @@ class Cie:
     instructions: bytes
 
 
-@dataclass(frozen=True)
-class Fde:
+class Fde(NamedTuple):
     start: int  # runtime addresses
     end: int
     cie: Cie
@@ -364,26 +363,29 @@ class ObjectCfi:
     """The ``.eh_frame_hdr`` table of one object, addresses relative to its load bias."""
 
     build_id: str
-    locs: array  # sorted initial locations (vaddr)
-    fdes: array  # FDE addresses (vaddr), same order
+    hdr: int  # the vaddr of .eh_frame_hdr, which the table's entries are relative to
+    locs: array  # sorted initial locations, relative to hdr
+    fdes: array  # FDE addresses, relative to hdr, same order
     parsed: dict[int, Fde] = field(default_factory=dict)  # runtime FDE address -> Fde
     cies: dict[int, Cie] = field(default_factory=dict)
 
     def find(self, read: Read, bias: int, pc: int) -> Fde | None:
-        i = bisect.bisect_right(self.locs, pc - bias) - 1
+        i = bisect.bisect_right(self.locs, pc - bias - self.hdr) - 1
         if i < 0:
             return None
-        address = self.fdes[i] + bias
+        address = self.fdes[i] + self.hdr + bias
         fde = self.parsed.get(address)
         if fde is None:
             fde = self.parsed[address] = parse_fde(read, address, self.cies)
         return fde if fde.start <= pc < fde.end else None
 
 
-def read_object(read: Read, base: int) -> tuple[ObjectCfi | None, int, str]:
+def read_object(read: Read, base: int, known: dict[str, ObjectCfi] | None = None
+                ) -> tuple[ObjectCfi | None, int, str]:
     """(its CFI index or None, its load bias, a reason when None) for the ELF image at ``base``.
 
-    Caching by build-id is the caller's: pass the result of ``build_id`` first."""
+    ``known``: indexes already read, by build-id; an object found there is not read again
+    (every process of one build, and libc in all of them, share one index)."""
     header = read(base, 64)
     if header[:4] != b"\x7fELF":
         return None, 0, f"no ELF header at {base:#x}"
@@ -406,6 +408,8 @@ def read_object(read: Read, base: int) -> tuple[ObjectCfi | None, int, str]:
     build_id = _build_id(read, bias, notes)
     if eh is None:
         return None, bias, "no .eh_frame_hdr (PT_GNU_EH_FRAME)"
+    if known is not None and build_id and build_id in known:
+        return known[build_id], bias, ""
     return _read_hdr(read, bias, eh + bias, build_id), bias, ""
 
 
@@ -432,9 +436,9 @@ def _read_hdr(read: Read, bias: int, hdr: int, build_id: str) -> ObjectCfi:
     cur.encoded(ptr_enc, hdr)
     count = cur.encoded(count_enc, hdr)
     table = array("i", read(hdr + 4 + cur.pos, count * 8))
-    locs = array("q", (hdr + table[2 * i] - bias for i in range(count)))
-    fdes = array("q", (hdr + table[2 * i + 1] - bias for i in range(count)))
-    return ObjectCfi(build_id, locs, fdes)
+    # (initial location, FDE) pairs relative to the header, sorted: split with C slices, not
+    # rebased entry by entry (libc has thousands)
+    return ObjectCfi(build_id, hdr - bias, table[0::2], table[1::2])
 
 
 # -- CFI a Patch Object carries for its code (katana.elf.ehframe) ----------------------------

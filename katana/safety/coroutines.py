@@ -24,9 +24,10 @@ Those are scanned word by word (there are no saved registers to unwind from).
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.elf.headers import SHT_RELA, read_headers, read_section
 from katana.target import procfs
@@ -50,8 +51,7 @@ _SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 _CALL_RELOCS = {2, 4, 9, 41, 42}  # PC32, PLT32, GOTPCREL, GOTPCRELX, REX_GOTPCRELX
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     address: int
     regs: dict[int, int]  # DWARF register -> value; 16 is the saved return address
 
@@ -60,9 +60,22 @@ class Context:
         return self.regs[7]
 
 
-def switch_returns(exe_path: str) -> set[int]:
+# (device, inode, mtime, size) of an executable -> its switch returns: every process of one
+# build (``katana apply PO all``) shares one reading.
+_RETURNS: dict[tuple[int, int, int, int], frozenset[int]] = {}
+
+
+def switch_returns(exe_path: str) -> frozenset[int]:
     """Link-time return addresses of every call to swapcontext/getcontext in the executable;
     a program whose string table names neither is done with after reading its headers."""
+    st = os.stat(exe_path)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _RETURNS:
+        _RETURNS[key] = frozenset(_read_switch_returns(exe_path))
+    return _RETURNS[key]
+
+
+def _read_switch_returns(exe_path: str) -> set[int]:
     with open(exe_path, "rb") as f:
         headers = read_headers(f)
         symtab = headers.section(".symtab")

@@ -165,15 +165,16 @@ class ReturnHooks:
         size = 2 * procfs.PAGE_SIZE
         borrower = Borrower(process)
         try:
+            rx = inject.PROT_READ | inject.PROT_EXEC
+            # the code page made read-execute by the same borrowing (trampolines are written
+            # into it later through /proc/PID/mem, as a tracer may)
             base = alloc.map_running(process, borrower, size,
-                                     inject.PROT_READ | inject.PROT_WRITE)
+                                     inject.PROT_READ | inject.PROT_WRITE,
+                                     protect=(0, procfs.PAGE_SIZE, rx))
             seconds, fraction = divmod(HOLD, 1)
             process.write(base + procfs.PAGE_SIZE, struct.pack("<I", 1) + b"\0" * 4 +
                           struct.pack("<qq", int(seconds), int(fraction * 1e9)))
-            borrower.syscall(inject.SYS_mprotect, base, procfs.PAGE_SIZE,
-                             inject.PROT_READ | inject.PROT_EXEC)
-            m = process.mapping_at(base)
-            if m is None or m.perms[:3] != "r-x":
+            if not alloc.protected(procfs.maps_text(process.pid), base, procfs.PAGE_SIZE, rx):
                 raise ApplyError(f"mprotect of katana's return hooks in process "
                                  f"{process.pid} failed")
             self.base = base

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from katana.errors import BusyError, KatanaError, TargetError
 from katana.safety.coroutines import declared_stacks, find_contexts, switch_returns
@@ -50,8 +50,7 @@ def _quiet(level: int, text: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     """A function that must not be in use: [start, end) at runtime, and its name."""
 
     start: int
@@ -59,8 +58,7 @@ class Range:
     name: str
 
 
-@dataclass(frozen=True)
-class Busy:
+class Busy(NamedTuple):
     """A function found in use. ``where``: "rip", "stack", "signal" or "coroutine"."""
 
     tid: int  # 0 for a coroutine
@@ -74,8 +72,7 @@ class Busy:
     unverified: str = ""  # why the unwind could not tell a live frame from a stale word
 
 
-@dataclass(frozen=True)
-class _Word:
+class _Word(NamedTuple):
     at: int | None  # where the word is (None: the thread's RIP)
     value: int
     name: str
@@ -204,15 +201,19 @@ class Checker:
 
     def __init__(self, pid: int, ranges: list[Range], say: Say = _quiet,
                  declared: tuple[int, int] | None = None, return_hooks: bool = True,
-                 records: list | None = None) -> None:
-        """``records``: the process's patch records, when the caller has read them already."""
+                 records: list | None = None, maps: list[procfs.Mapping] | None = None,
+                 read: Callable[[int, int], bytes] | None = None) -> None:
+        """``records``, ``maps``: the process's patch records and mappings, when the caller
+        has read them already; ``read``: a reader of its memory to share (the Process's, so
+        that one /proc/PID/mem serves both), else the checker opens its own."""
         from katana.live.record import read_records
 
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
-        self.read = _MemReader(pid)
-        maps = procfs.read_maps(pid)
+        self._reader = _MemReader(pid) if read is None else None
+        self.read = read or self._reader
+        maps = procfs.read_maps(pid) if maps is None else maps
         self.cfi = ProcessCfi(pid, self.read, maps)
         self._add_patch_cfi(read_records(pid, maps) if records is None else records)
         self.hooks = ReturnHooks(pid, self.read)
@@ -241,7 +242,8 @@ class Checker:
             self.cfi.add_patches(regions, PatchCfi(fdes))
 
     def close(self) -> None:
-        self.read.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def unwinder(self) -> Unwinder:
         return Unwinder(self.cfi, self.read, self.hooks.original)
@@ -400,8 +402,8 @@ class Checker:
             i, outer = live[-1]
             frame = walk.frames[i]
             returns_to = walk.frames[i + 1].pc if i + 1 < len(walk.frames) else None
-            outer = replace(outer, slot=frame.ra_slot, returns_to=returns_to,
-                            never_returns=self._never_returns(walk, i, outer, label))
+            outer = outer._replace(slot=frame.ra_slot, returns_to=returns_to,
+                                   never_returns=self._never_returns(walk, i, outer, label))
             live[-1] = (i, outer)
         out += [b for _, b in live]
         return out

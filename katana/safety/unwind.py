@@ -17,6 +17,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import TargetError
 from katana.safety.cfi import RA, CfiError, ObjectCfi, PatchCfi, expr, read_object, row_at
@@ -32,8 +33,7 @@ MAX_FRAMES = 1024
 _CACHE: dict[str, ObjectCfi] = {}
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One live frame: its PC, its CFA, and where its return address is stored (or None)."""
 
     pc: int
@@ -105,7 +105,7 @@ class ProcessCfi:
         if base is None or m.path in ("", "[vsyscall]"):
             return _Object(m.start, m.end, name, None, 0, "no ELF image (generated code?)")
         try:
-            cfi, bias, reason = read_object(self.read, base)
+            cfi, bias, reason = read_object(self.read, base, _CACHE)
         except (CfiError, TargetError, struct.error, ValueError) as e:
             return _Object(m.start, m.end, name, None, 0, str(e))
         if cfi is not None and cfi.build_id:

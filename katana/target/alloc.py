@@ -120,20 +120,31 @@ def region_candidates(process: Process, size: int, maps: list[Mapping] | None = 
 
 def map_running(process: Process, borrower: Borrower, size: int, prot: int,
                 maps: list[Mapping] | None = None,
-                near: tuple[int, int, bool] | None = None) -> int:
+                near: tuple[int, int, bool] | None = None,
+                protect: tuple[int, int, int] | None = None) -> int:
     """Map ``size`` bytes in rel32 reach of the executable (or of the object ``near``
     describes, see ``region_candidates``) while the process runs, through a borrowed thread
     (``borrow.Borrower``); the address. The result is read from the maps: the stub gives the
-    thread its registers back, the system call's return value included."""
+    thread its registers back, the system call's return value included.
+
+    ``protect`` (offset, length, prot): an mprotect of that part, made by the same borrowed
+    thread right after the mmap (one borrowing, not two), only if the mmap succeeded. The
+    caller checks that it took (``protected``): code is written into it afterwards through
+    /proc/PID/mem, which a tracer may do in a read-only private mapping."""
     size = _page_up(size)
     flags = inject.MAP_PRIVATE | inject.MAP_ANONYMOUS | inject.MAP_FIXED_NOREPLACE
     for addr in region_candidates(process, size, maps, near)[:MAX_ATTEMPTS]:
-        def mapped(addr: int = addr) -> bool:
-            m = process.mapping_at(addr)
-            return m is not None and m.start == addr and m.end >= addr + size and not m.path
+        then = (inject.SYS_mprotect, addr + protect[0], protect[1], protect[2]) \
+            if protect else ()
 
-        borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0, effect=mapped)
-        if mapped():
+        def done(addr: int = addr) -> bool:
+            text = procfs.maps_text(process.pid)
+            return _mapped(text, addr, size) and (
+                protect is None or protected(text, addr + protect[0], protect[1], protect[2]))
+
+        borrower.syscall(inject.SYS_mmap, addr, size, prot, flags, -1, 0, effect=done,
+                         then=then)
+        if _mapped(procfs.maps_text(process.pid), addr, size):
             return addr
         # taken since we read the maps (EEXIST): try the next candidate
     raise ApplyError(
@@ -141,6 +152,28 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
         f"{'executable' if near is None else 'object patched'} in process {process.pid}",
         hint="the address space near it is full; a smaller patch may fit",
     )
+
+
+def _mapped(text: str, addr: int, size: int) -> bool:
+    """Whether anonymous mappings cover [addr, addr + size) from ``addr`` on, without a gap
+    (an mprotect of a part splits the region into two or three)."""
+    cursor = addr
+    while cursor < addr + size:
+        m = procfs.mapping_starting_at(text, cursor)
+        if m is None or m.path:
+            return False
+        cursor = m.end
+    return True
+
+
+_PERMS = {inject.PROT_READ: "r--", inject.PROT_READ | inject.PROT_EXEC: "r-x",
+          inject.PROT_READ | inject.PROT_WRITE: "rw-"}
+
+
+def protected(text: str, addr: int, length: int, prot: int) -> bool:
+    """Whether /proc/PID/maps ``text`` shows [addr, addr + length) mapped with ``prot``."""
+    m = procfs.mapping_starting_at(text, addr)
+    return m is not None and m.end >= addr + length and m.perms[:3] == _PERMS.get(prot)
 
 
 def map_near(

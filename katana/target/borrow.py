@@ -30,15 +30,23 @@ from katana.target.ptrace import Regs
 
 # pop rax; pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9   (number and arguments)
 # syscall
-# pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax; pop rcx; pop r11   (restore)
+# pop rcx; cmp rax, rcx; jne skip      (a second call only if the first returned this word)
+# pop rax; pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; syscall; jmp restore
+# skip: add $56, rsp                   (the second call's seven words, unused)
+# restore: pop rdi; pop rsi; pop rdx; pop r10; pop r8; pop r9; pop rax; pop rcx; pop r11
 # popfq; pop rsp; jmp *0(%rip)   followed by the 8-byte return address
 STUB = bytes.fromhex(
-    "58 5f 5e 5a 415a 4158 4159"
-    "0f05"
+    "58 5f 5e 5a 415a 4158 4159 0f05"
+    "59 4839c8 750e"
+    "58 5f 5e 5a 415a 4158 4159 0f05 eb04"
+    "4883c438"
     "5f 5e 5a 415a 4158 4159 58 59 415b"
     "9d 5c ff2500000000"
 )
 STUB_SIZE = len(STUB) + 8
+# The condition word of a single call: no system call returns it (results are user addresses,
+# below 2**47, or -errno, at least -4095).
+_NEVER = 2**64 - 4096
 SLOT = 16  # each stub copy starts 16-byte aligned
 COPIES = 8
 RED_ZONE = 128  # System V x86-64 ABI 3.2.2: 128 bytes below %rsp belong to the function
@@ -79,14 +87,10 @@ def _segment_tails(pid: int, maps: list[procfs.Mapping]) -> list[tuple[int, int]
         if m.path.startswith("/"):
             by_path.setdefault(m.path, []).append(m)
     for path, group in by_path.items():
-        local = f"/proc/{pid}/map_files/{group[0].start:x}-{group[0].end:x}"
         try:
-            segments, e_type = _load_segments(local)
+            segments, e_type = _segments_of(pid, path, group[0])
         except OSError:
-            try:
-                segments, e_type = _load_segments(path)
-            except OSError:
-                continue
+            continue
         base = min((m.start for m in group if m.offset == 0), default=None)
         if base is None or not segments:
             continue
@@ -102,6 +106,24 @@ def _segment_tails(pid: int, maps: list[procfs.Mapping]) -> list[tuple[int, int]
             if mapped and page_end - start >= STUB_SIZE:
                 tails.append((start, page_end))
     return sorted(tails, key=lambda t: t[0] - t[1])  # the roomiest first
+
+
+# (device, inode) of a mapped file -> its PT_LOAD segments and e_type: every process that
+# maps the same file (libc, the program of ``apply ... all``) is done with one reading.
+_SEGMENTS: dict[tuple[str, int], tuple[list[tuple[int, int, int]], int]] = {}
+
+
+def _segments_of(pid: int, path: str, m: procfs.Mapping) -> tuple[list[tuple[int, int, int]], int]:
+    key = (m.dev, m.inode)
+    if m.inode and key in _SEGMENTS:
+        return _SEGMENTS[key]
+    try:
+        found = _load_segments(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+    except OSError:
+        found = _load_segments(path)
+    if m.inode:
+        _SEGMENTS[key] = found
+    return found
 
 
 def _load_segments(path: str) -> tuple[list[tuple[int, int, int]], int]:
@@ -144,11 +166,13 @@ class Borrower:
         self._pending: list[tuple[int, int]] = []  # (thread, stub) not yet seen leaving it
 
     def syscall(self, nr: int, *args: int, timeout: float = 2.0,
-                effect: Callable[[], bool] | None = None) -> None:
+                effect: Callable[[], bool] | None = None, then: tuple[int, ...] = ()) -> None:
         """Have a thread run system call ``nr``; returns once the thread is back in its code,
         or, given ``effect`` (a check of /proc that the call took effect), as soon as that
         holds: then the thread is not stopped again to see it leave the stub (``close`` does,
-        once for all calls)."""
+        once for all calls). ``then``: a second system call (number and arguments) made in
+        the same borrowing only if the first returned its first argument (an mmap at a fixed
+        address that succeeded: the mprotect of part of it)."""
         proc = self.process
         tid = self._pick_thread()
         stub = self.copies[self._next % len(self.copies)]
@@ -165,7 +189,9 @@ class Borrower:
             proc.stop_thread(tid)
         regs = proc.get_regs(tid)
         user = user_state(regs)
-        frame = struct.pack("<18Q", nr, *(_u64(a) for a in args), *[0] * (6 - len(args)),
+        second = (then[0], *then[1:], *[0] * (7 - len(then))) if then else (0,) * 7
+        frame = struct.pack("<26Q", nr, *(_u64(a) for a in args), *[0] * (6 - len(args)),
+                            _u64(args[0]) if then else _NEVER, *(_u64(a) for a in second),
                             user.rdi, user.rsi, user.rdx, user.r10, user.r8, user.r9,
                             user.rax, user.rcx, user.r11, user.eflags, user.rsp)
         sp = (regs.rsp - RED_ZONE - len(frame) - 64) & ~0xF
@@ -195,16 +221,23 @@ class Borrower:
         return True
 
     def _wait_out(self, tid: int, stub: int, deadline: float) -> None:
-        """Wait until the thread has left the stub (checked in short single-thread stops)."""
+        """Wait until the thread has left the stub: seen from /proc without stopping it when
+        it is blocked in a system call (an idle thread, back in its own code), else checked in
+        a short single-thread stop. A signal that stopped it meanwhile is held until it is
+        out: delivered now, its handler would run on top of the stub, and a thread seen in the
+        handler would pass for one that had left."""
         proc, delay = self.process, 0.00002
         while True:
             time.sleep(delay)
+            pc = _blocked_at(proc.pid, tid)
+            if pc is not None and not stub <= pc < stub + STUB_SIZE:
+                return
             try:
                 proc.stop_thread(tid)
             except TargetError:
                 return  # exited: the process is going away, the caller finds out
             rip = proc.get_regs(tid).rip
-            proc.resume_thread(tid)
+            proc.resume_thread(tid, deliver=False)
             if not stub <= rip < stub + STUB_SIZE:
                 return
             if time.monotonic() > deadline:
@@ -233,6 +266,23 @@ class Borrower:
         if self._written:
             self.process.write(self._start, self._saved)
             self._written = False
+
+
+def _blocked_at(pid: int, tid: int) -> int | None:
+    """Where a thread that is not running is (the user-mode address it entered the kernel
+    from, /proc/PID/task/TID/syscall's last field); None when it is running or unreadable."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text.split()
+    if len(fields) < 3 or fields[0] == "running":
+        return None
+    try:
+        return int(fields[-1], 16)
+    except ValueError:
+        return None
 
 
 def _state(pid: int, tid: int) -> str:

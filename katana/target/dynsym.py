@@ -7,15 +7,14 @@ it costs ~0.3 s, so it is imported on first use only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from katana.errors import TargetError
 
 _VERSYM_HIDDEN = 0x8000  # versym bit: a non-default version ("name@VER", not "name@@VER")
 
 
-@dataclass(frozen=True)
-class DynSymbol:
+class DynSymbol(NamedTuple):
     """An exported definition in a shared library (value: link-time, add the library's bias)."""
 
     name: str

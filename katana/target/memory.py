@@ -26,11 +26,17 @@ class Memory:
         self.check_writes = check_writes
         self.use_proc_mem = use_proc_mem
         self._fd: int | None = None
+        self._tried = False  # to open /proc/PID/mem since the last close
         self._tid = pid
 
     def open(self, tid: int) -> None:
         """Start access; ``tid``, a stopped thread we trace, serves PEEKDATA/POKEDATA."""
         self._tid = tid
+        if self._fd is None:
+            self._open()  # again: the kernel may allow a tracer what it refused before
+
+    def _open(self) -> None:
+        self._tried = True
         try:
             self._fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
         except OSError:
@@ -41,9 +47,14 @@ class Memory:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._tried = False
 
     def read(self, addr: int, size: int) -> bytes:
-        """Read ``size`` bytes at ``addr``; TargetError when they are not all mapped."""
+        """Read ``size`` bytes at ``addr``; TargetError when they are not all mapped. Usable
+        before the process is traced too (the safe point's set-up reads the CFI then): the
+        file is opened on first use."""
+        if self._fd is None and not self._tried:
+            self._open()
         if self._fd is not None:
             try:
                 data = os.pread(self._fd, size, addr)

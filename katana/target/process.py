@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from katana.errors import ApplyError, TargetError, Terminated
 from katana.target import procfs
@@ -43,8 +43,7 @@ _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 U_DEBUGREG = 848  # offsetof(struct user, u_debugreg) on x86-64
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """A stop of one thread seen while the process runs: a signal it received (``sig``) and the
     signal's si_code (TRAP_HWBKPT, TRAP_BRKPT... for SIGTRAP). The thread stays stopped until
     ``resume_thread``."""
@@ -90,6 +89,9 @@ class Process:
         self.stopped_seconds = 0.0
         self.longest_stop = 0.0
         self._stopped_since: float | None = None
+        # Threads held alone (a borrowed thread, between its stop and its resume): their time
+        # counts in stopped_seconds too, which is what "target stopped" reports.
+        self._alone_since: dict[int, float] = {}
 
     @property
     def tids(self) -> list[int]:
@@ -110,6 +112,7 @@ class Process:
         if self.seized:
             return
         procfs.check_process(self.pid)
+        _outrank_threads()
         self._owner = threading.get_ident()
         self._threads = {}
         self.seized = True
@@ -142,10 +145,16 @@ class Process:
         try:
             self._drain()  # stops that came while running: before the clock starts
             started = time.monotonic()
+            held_already = any(th.stopped for th in self._threads.values())
             for tid, th in list(self._threads.items()):
                 if not th.stopped and not th.interrupted:
                     self._interrupt(tid)
-            self._await_stops(None)
+            first = self._await_stops(None)
+            # Held from the first stop seen, not from the first PTRACE_INTERRUPT: on a busy
+            # machine a sleeping thread may wait milliseconds for a CPU to reach its stop,
+            # and the program is no more held during that wait than before it.
+            if not held_already and first is not None:
+                started = first
             if not self._threads:
                 raise TargetError(f"process {self.pid} exited while katana was stopping it")
         except BaseException:
@@ -156,6 +165,9 @@ class Process:
         self.attached = True
         self.stops += 1
         self._stopped_since = started
+        for since in self._alone_since.values():  # held alone until the whole stop began
+            self.stopped_seconds += max(0.0, started - since)
+        self._alone_since.clear()
 
     def resume(self) -> None:
         """Let every thread run again, staying seized (``stop()`` stops them again)."""
@@ -166,11 +178,13 @@ class Process:
             self._restart(tid)
         self._end_hold()
 
-    def resume_thread(self, tid: int) -> None:
-        """Let one stopped thread run on, delivering the signal it stopped for (if any)."""
+    def resume_thread(self, tid: int, *, deliver: bool = True) -> None:
+        """Let one stopped thread run on, delivering the signal it stopped for (if any);
+        ``deliver=False`` keeps it for a later resume (the thread runs code of ours that a
+        handler must not interrupt)."""
         self._check_owner()
         if tid in self._threads:
-            self._restart(tid)
+            self._restart(tid, deliver)
 
     def detach(self, *, leave_stopped: bool = False) -> None:
         """Detach every thread, re-delivering recorded signals. Idempotent.
@@ -206,11 +220,13 @@ class Process:
             except OSError as e:
                 errors.append(e)
         self._threads = {}
+        self._alone_since.clear()  # all of them were in the whole stop, counted from its start
+        self._end_hold()
+        _let_threads_run()
         self.memory.close()
         self.memo.clear()
         self._maps = None
         self.seized = False
-        self._end_hold()
         if errors:
             raise TargetError(f"cannot detach from process {self.pid}: {errors[0].strerror}")
 
@@ -242,16 +258,22 @@ class Process:
             return
         self._threads[tid].interrupted = True
 
-    def _restart(self, tid: int) -> None:
+    def _restart(self, tid: int, deliver: bool = True) -> None:
         th = self._threads[tid]
         if not th.stopped:
             return
+        since = self._alone_since.pop(tid, None)
+        if since is not None:
+            self.stopped_seconds += time.monotonic() - since
         try:
             if th.kind == "group":
                 # Stay in the group-stop the user asked for, but report SIGCONT to us.
                 pt.ptrace(pt.PTRACE_LISTEN, tid)
             else:
-                pt.ptrace(pt.PTRACE_CONT, tid, 0, self._signal_to_deliver(tid, th))
+                # Not delivered: the kernel drops it, and it stays in th.pending, queued
+                # again (tgkill) when the thread is next let go from another stop.
+                signal_ = self._signal_to_deliver(tid, th) if deliver else 0
+                pt.ptrace(pt.PTRACE_CONT, tid, 0, signal_)
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise TargetError(f"cannot resume thread {tid}: {e.strerror}") from None
@@ -352,23 +374,26 @@ class Process:
             self._restart(tid)
         return None
 
-    def _await_stops(self, tids: list[int] | None) -> None:
-        """Wait until the threads ``tids`` (None: all, new ones included) are stopped or gone.
+    def _await_stops(self, tids: list[int] | None) -> float | None:
+        """Wait until the threads ``tids`` (None: all, new ones included) are stopped or gone;
+        when the first stop was seen (time.monotonic()), None if none was.
 
         Every thread is polled (WNOHANG) rather than waited for one by one: when the process
         is killed, the leader's exit is reported only after every other thread has been reaped
         (kernel/exit.c, delay_group_leader), so a blocking wait on the leader would never end.
         """
-        delay, idle_since = 0.0, None
+        delay, idle_since, first = 0.0, None, None
         while True:
             pending = [t for t in (self._threads if tids is None else tids)
                        if t in self._threads and not self._threads[t].stopped]
             if not pending:
-                return
+                return first
             progressed = False
             for tid in pending:
                 status = self._waitpid(tid, block=False)
                 if status != 0:
+                    if first is None and status is not None and os.WIFSTOPPED(status):
+                        first = time.monotonic()
                     self._handle(tid, status, stopping=True)
                     progressed = True
             if progressed:
@@ -376,7 +401,7 @@ class Process:
                 continue
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > 0.02 and self._dying():
-                return
+                return first
             if delay:
                 time.sleep(delay)
             else:
@@ -449,7 +474,9 @@ class Process:
             return
         if not th.interrupted:
             self._interrupt(tid)
-        self._await_stops([tid])
+        seen = self._await_stops([tid])
+        if not self.attached and tid in self._threads:
+            self._alone_since[tid] = seen or time.monotonic()
         if tid not in self._threads:
             raise TargetError(f"thread {tid} of process {self.pid} exited")
 
@@ -596,14 +623,7 @@ class Process:
 
     def mapping_at(self, addr: int) -> procfs.Mapping | None:
         """The current mapping that starts at ``addr`` (one line of /proc/PID/maps parsed)."""
-        text = procfs.maps_text(self.pid)
-        key = f"{addr:08x}-"  # the kernel prints at least 8 digits (show_vma_header_prefix)
-        at = text.find(key)
-        while at > 0 and text[at - 1] != "\n":
-            at = text.find(key, at + 1)
-        if at < 0:
-            return None
-        return procfs.parse_maps_line(text[at:text.find("\n", at)])
+        return procfs.mapping_starting_at(procfs.maps_text(self.pid), addr)
 
     def read(self, addr: int, size: int) -> bytes:
         """Read ``size`` bytes at ``addr`` (see ``Memory.read``); the process may be running."""
@@ -645,6 +665,39 @@ class Process:
             if e.errno == errno.ESRCH:
                 raise TargetError(f"a thread of process {self.pid} exited while stopped") from None
             raise TargetError(f"ptrace failed on process {self.pid}: {e.strerror}") from None
+
+
+# The priority katana gave up when it let a process go (the command raises it as root, see
+# cli._outrank_target), taken back when it seizes the next one.
+_given_up: int | None = None
+
+
+def _let_threads_run() -> None:
+    """Once every thread is detached: back to an ordinary priority, and the CPU to them.
+
+    Run above them (nice -15), katana would keep its CPU through the rest of the command
+    (reporting, the audit log, the interpreter's exit: milliseconds) while the threads it
+    just released wait to run, which is time they are held as surely as in a ptrace stop."""
+    global _given_up
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice < 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+            _given_up = nice if _given_up is None else _given_up
+            os.sched_yield()
+    except OSError:
+        pass
+
+
+def _outrank_threads() -> None:
+    """Take back the priority ``_let_threads_run`` gave up (the next process to patch)."""
+    global _given_up
+    if _given_up is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, _given_up)
+        except OSError:
+            pass
+        _given_up = None
 
 
 def _ignore_errors(fn: Callable[..., T], *args: object) -> T | None:

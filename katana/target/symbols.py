@@ -1,19 +1,22 @@
 """Symbols of a running process, as runtime addresses: its executable and its shared libraries.
 
 IFUNC symbols (``strlen``, ``memcpy``, ``strcasestr`` ... in glibc) name a resolver that picks an
-implementation for this CPU; the address a patch needs is the implementation. We call the resolver
-inside the target (``inject.call``): it answers what the dynamic linker would, for symbols the
-program never used as well as those it did (reading the program's GOT would only cover the
-latter). glibc's x86-64 resolvers take no arguments that matter; they read the CPU features that
-ld.so filled in at start-up.
+implementation for this CPU; the address a patch needs is the implementation. Found, in order:
+by calling the resolver in katana's own process when it maps the same library file (the same
+answer: see ``resolve_ifunc_here``); in a GOT slot the dynamic linker already bound to it in the
+target (any mapped object that calls it, ``resolve_ifunc_bound``); only then by calling the
+resolver inside the target (``inject.call``, one thread stopped for a few microseconds), the one
+way that also covers a symbol no object of the process uses yet. The first two run no code in
+the target, so nothing can be left half-done there if katana dies.
 """
 
 from __future__ import annotations
 
 import os
 
+from katana.elf.dynamic import bound_relocs
 from katana.elf.symtab import STT_GNU_IFUNC, ElfSymbol, ExecutableSymbols, executable_symbols
-from katana.errors import ApplyError
+from katana.errors import ApplyError, FormatError
 from katana.target import inject, procfs
 from katana.target.dynsym import DynSymbol, library_symbols
 from katana.target.process import Process
@@ -113,6 +116,8 @@ class ProcessSymbols:
             return address
         if address not in self._resolved:
             here = resolve_ifunc_here(self.pid, lib, sym.value)
+            if here is None:
+                here = resolve_ifunc_bound(self.pid, lib, sym.name, self.libraries())
             if here is not None:
                 self._resolved[address] = here
         return self._resolve_ifunc(sym.name, address)
@@ -167,6 +172,37 @@ def resolve_ifunc_here(pid: int, lib: procfs.Library, value: int) -> int | None:
     if impl is None or not any(m.executable and m.contains(impl) for m in ours.mappings):
         return None
     return impl - ours.bias + lib.bias
+
+
+def resolve_ifunc_bound(pid: int, lib: procfs.Library, name: str,
+                        libraries: list[procfs.Library]) -> int | None:
+    """The implementation of the IFUNC ``name`` of ``lib``, read from a GOT slot the dynamic
+    linker bound to it in process ``pid`` (the executable's or another library's: a JUMP_SLOT
+    or GLOB_DAT against ``name``), or None. A lazily bound slot not yet called still points
+    into its own object's PLT, not into ``lib``'s code: it does not count."""
+    objects = [(f"/proc/{pid}/exe", procfs.load_bias(pid))] + \
+        [(other.path, other.bias) for other in libraries if other.path != lib.path]
+    try:
+        mem = open(f"/proc/{pid}/mem", "rb")
+    except OSError:
+        return None
+    with mem:
+        for path, bias in objects:
+            try:
+                relocs = bound_relocs(path)
+            except FormatError:
+                continue
+            for r in relocs:
+                if r.symbol != name:
+                    continue
+                try:
+                    mem.seek(r.offset + bias)
+                    value = int.from_bytes(mem.read(8), "little")
+                except (OSError, ValueError):
+                    continue
+                if any(m.executable and m.contains(value) for m in lib.mappings):
+                    return value
+    return None
 
 
 def _tunables(pid: int) -> bytes | None:

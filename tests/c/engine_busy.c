@@ -61,8 +61,8 @@ int main(void)
     pthread_setname_np(busy, "busy");
     pthread_create(&sig, NULL, signal_thread, NULL);
     pthread_setname_np(sig, "sig");
-    while (interrupted_iterations == 0)
-        ; /* make sure the signal lands inside interrupted() */
+    while (interrupted_iterations == 0 || iterations == 0)
+        ; /* make sure the signal lands inside interrupted(), and busy_loop() runs */
     pthread_kill(sig, SIGUSR1);
     printf("ready %d\n", unused_fn(1));
     for (;;)

@@ -1,6 +1,11 @@
 /* v3 of the library (from v0): the stats struct gains a field in the middle; value = 5 * x. */
 #include "kv.h"
 
+#ifdef KV_SALT
+/* the tests build each run's library apart from another run's on the same host (apply all) */
+const long kv_salt = KV_SALT;
+#endif
+
 static long calls;
 /* initial-exec: the library's TLS block sits at a fixed offset from the thread pointer */
 #ifndef KV_TLS_MODEL
@@ -12,6 +17,12 @@ struct kv_stats { long hits; long misses; long total; };
 /* a global of the library: its own code reaches it through its GOT (it could be interposed) */
 struct kv_stats kv_stats;
 
+/* hidden: local in the linked library, found by the patch in its .symtab */
+__attribute__((noipa, visibility("hidden"))) long kv_scale(long x, long k)
+{
+    return x * k;
+}
+
 long kv_compute(long x)
 {
     calls++;
@@ -19,7 +30,7 @@ long kv_compute(long x)
     kv_stats.hits++;
     kv_stats.misses += x % 2;
     kv_stats.total += x;
-    return x * 5;
+    return kv_scale(x, 5);
 }
 
 long kv_calls(void) { return calls; }

@@ -299,3 +299,22 @@ def test_mistakes_fail_the_host_with_their_reason(needs_json, project, tmp_path)
         result = saved[name]
         assert result["failed"] is True and words in result["msg"], (name, result)
         assert "Traceback" not in json.dumps(result) and "MODULE FAILURE" not in result["msg"]
+
+
+def test_a_process_found_by_ps_that_exits_before_katana_is_exited_not_failed(monkeypatch):
+    """With target all and program (or state reverted), the module finds the PIDs with katana
+    ps and names them to katana, which fails a PID that is no process (exit 8); one that
+    exited in between is counted as katana's all counts it, exited, and fails no host."""
+    monkeypatch.syspath_prepend(str(REPO / "ansible"))
+    from ansible_collections.katana.hotpatch.plugins.modules import katana_patch
+
+    gone, here = Live(["true"]), Live(["sleep", "60"])
+    gone.kill()  # reaped: no such process any more
+    try:
+        results = [{"pid": gone.pid, "result": "failed", "code": 8, "message": "no process"},
+                   {"pid": here.pid, "result": "failed", "code": 8, "message": "traced"},
+                   {"pid": here.pid, "result": "failed", "code": 11, "message": "undone"}]
+        katana_patch.exited_meanwhile(results)
+        assert [r["result"] for r in results] == ["exited", "failed", "failed"]
+    finally:
+        here.kill()

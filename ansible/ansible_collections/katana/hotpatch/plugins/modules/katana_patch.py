@@ -140,7 +140,7 @@ summary:
     - How many processes ended in each result, and C(total).
     - With O(state=applied), katana's own (C(applied) or, in check mode, C(ready), C(unchanged),
       C(skipped), C(failed), C(exited)); with O(state=reverted), C(reverted), C(ready) (check
-      mode), C(unchanged) and C(failed).
+      mode), C(unchanged), C(failed) and C(exited).
   returned: when katana was run on processes
   type: dict
   sample: {applied: 1, unchanged: 0, skipped: 0, failed: 0, exited: 0, total: 1}
@@ -285,7 +285,26 @@ def apply(katana, module, po):
         if not args:
             return {"results": [], "summary": {"total": 0}}, False
     data = katana.run("check" if module.check_mode else "apply", po, *args)
+    if module.params["target"] == ["all"]:
+        exited_meanwhile(data.get("results", []))
     return data, True
+
+
+def gone(pid):
+    """Whether a process has exited (no /proc entry, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def exited_meanwhile(results):
+    """PIDs this module found with katana ps and handed to katana: one that exited before
+    katana reached it is what katana's own all calls "exited" (no failure), not a wrong PID."""
+    for r in results:
+        if r.get("result") == "failed" and r.get("code") == 8 and gone(r.get("pid")):
+            r["result"] = "exited"
 
 
 def revert(katana, module, po):
@@ -311,11 +330,13 @@ def revert(katana, module, po):
         else:
             data = katana.run("revert", str(pid), po)
             cmds.append(data["cmd"])
+            if args[0] == "all":
+                exited_meanwhile(data.get("results", []))
             if data.get("error") and not data.get("results"):
                 katana.fail(data, cmd=cmds)
             results += data.get("results", [])
     counts = {k: sum(r.get("result") == k for r in results)
-              for k in ("reverted", "ready", "unchanged", "failed")}
+              for k in ("reverted", "ready", "unchanged", "failed", "exited")}
     return {"results": results, "cmd": cmds, "po_sha256": sha,
             "summary": {**counts, "total": len(results)}}
 

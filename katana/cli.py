@@ -25,6 +25,7 @@ from katana.errors import (
     INTERNAL_ERROR_EXIT,
     INTERRUPTED_EXIT,
     KatanaError,
+    OutputError,
     Terminated,
     UsageError,
     exit_codes,
@@ -612,6 +613,50 @@ def _run(argv: list[str], state: dict) -> int:
     return code
 
 
+class _Output:
+    """Standard output, whose write errors (ENOSPC on a full disk, EIO) are an OutputError
+    (exit 74), not a bug in katana; a closed pipe stays BrokenPipeError (141, quiet)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            _quiet_stdout()  # what is still buffered goes nowhere, at exit too
+            raise OutputError(f"cannot write to standard output: {e.strerror or e}",
+                              hint="what the command did stands (katana status shows a "
+                                   "process's patches); only its output is lost") from None
+
+    def write(self, text: str) -> int:
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _open_standard_streams() -> None:
+    """A descriptor 0, 1 or 2 closed by the caller (``katana ps >&-``) is /dev/null: Python
+    left sys.stdout None (an AttributeError at the first print), and the next file katana
+    opened would take the descriptor and receive its output."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def _on_terminate(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 
@@ -642,6 +687,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    _open_standard_streams()
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
+    try:
+        return _guarded_main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _guarded_main(argv: list[str] | None = None) -> int:
     argv = _translate_original(sys.argv[1:] if argv is None else argv)
     state: dict = {}
     try:
@@ -652,7 +706,22 @@ def _main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return BROKEN_PIPE_EXIT
     except (KatanaError, KeyboardInterrupt, Terminated, Exception) as e:
+        e = _interruption(e) or e
         return _failed(state, _refused(e, argv), e)
+
+
+def _interruption(e: BaseException) -> BaseException | None:
+    """The SIGINT or SIGTERM behind ``e``, if one is: a signal handler raises where the main
+    thread happens to be, and Python 3.11 turns what a class body's ``__set_name__`` raises
+    into a RuntimeError (a dataclass of a module imported lazily, at that instant), which would
+    otherwise be reported as a bug (exit 70) instead of the interruption it is."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, Terminated)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _refused(e: BaseException, argv: list[str]) -> int:
@@ -677,8 +746,8 @@ def _failed(state: dict, code: int, error: BaseException | None = None) -> int:
     if report is not None:
         try:
             report.emit(code, error)
-        except (OSError, ValueError):
-            pass  # stdout is gone: the exit code alone tells
+        except (OSError, ValueError, KatanaError):
+            pass  # stdout is gone (OutputError): the exit code alone tells
     return code
 
 

@@ -116,6 +116,14 @@ class NothingToRevertError(KatanaError):
     kind = "nothing-to-revert"
 
 
+class OutputError(KatanaError):
+    """Standard output could not be written (a full disk, a closed descriptor): what the
+    command did stands, its report is lost."""
+
+    exit_code = 74  # EX_IOERR (sysexits.h)
+    kind = "output"
+
+
 class AlreadyAppliedError(MismatchError):
     """The process already runs the build the patch leads to: nothing to do."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from katana.errors import KatanaError, kind_of
+from katana.errors import KatanaError, Terminated, kind_of
 
 SCHEMA = 1
 
@@ -45,6 +45,10 @@ class Report:
 def error_object(code: int, error: BaseException | None, message: str | None = None) -> dict:
     """``{"code", "kind", "message", "hint"}`` for a command that failed as a whole."""
     hint = error.hint if isinstance(error, KatanaError) else None
+    if message is None and isinstance(error, KeyboardInterrupt):
+        message = "interrupted"  # its str() is empty
+    elif message is None and isinstance(error, Terminated):
+        message = f"terminated by {error}"
     if message is None:
         message = error.message if isinstance(error, KatanaError) else \
             f"{type(error).__name__}: {error}" if error is not None else "failed"

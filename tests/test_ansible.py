@@ -264,3 +264,57 @@ def test_the_rollout_of_docs_fleet_md_parses(tmp_path):
     canary, rest = listed.stdout.split("play #2")
     assert "c1" in canary and "k2" not in canary
     assert "k2" in rest and "k3" in rest and "c1" not in rest
+
+
+def test_mistakes_fail_the_host_with_their_reason(needs_json, project, tmp_path):
+    """Each mistake fails its task with words saying what is wrong, never a module traceback,
+    nor "ok". Before: a missing katana said "Error executing command."; a directory as patch
+    (with src) and an empty target were Python tracebacks; a PID that is no process, and a
+    damaged PO, with state reverted, were ok (and with state applied, a gone PID was ok too:
+    katana counted it "exited")."""
+    po = str(project / "patches/kvd-v0-v1.po")
+    gone = Live(["true"])
+    gone.kill()  # reaped: its PID is no process
+    damaged = tmp_path / "damaged.po"
+    damaged.write_bytes(b"\x7fELF" + os.urandom(200))
+    cases = {
+        "no_katana": ({"patch": po, "katana": str(tmp_path / "nowhere" / "katana")},
+                      "no such executable on the host"),
+        "directory": ({"src": po, "patch": str(tmp_path)}, "is a directory"),
+        "no_target": ({"patch": po, "target": []}, "not an empty list"),
+        "gone_applied": ({"patch": po, "target": [str(gone.pid)]}, f"no process {gone.pid}"),
+        "gone_reverted": ({"patch": po, "target": [str(gone.pid)], "state": "reverted"},
+                          f"no process {gone.pid}"),
+        "damaged_reverted": ({"patch": str(damaged), "state": "reverted"}, "damaged.po"),
+    }
+    tasks = "".join(patch_task(name, ignore_errors=True, **args)
+                    for name, (args, _) in cases.items())
+    # a katana of the test's choosing wins over the one every task is given
+    tasks = tasks.replace(f'        katana: {json.dumps(cases["no_katana"][0]["katana"])}\n'
+                          '        katana: "{{ katana }}"\n',
+                          f'        katana: {json.dumps(cases["no_katana"][0]["katana"])}\n')
+    run, (_, changed, _), saved = playbook(tmp_path, tasks)
+    assert changed == 0 and f"ignored={len(cases)}" in run.stdout, run.stdout
+    for name, (_, words) in cases.items():
+        result = saved[name]
+        assert result["failed"] is True and words in result["msg"], (name, result)
+        assert "Traceback" not in json.dumps(result) and "MODULE FAILURE" not in result["msg"]
+
+
+def test_a_process_found_by_ps_that_exits_before_katana_is_exited_not_failed(monkeypatch):
+    """With target all and program (or state reverted), the module finds the PIDs with katana
+    ps and names them to katana, which fails a PID that is no process (exit 8); one that
+    exited in between is counted as katana's all counts it, exited, and fails no host."""
+    monkeypatch.syspath_prepend(str(REPO / "ansible"))
+    from ansible_collections.katana.hotpatch.plugins.modules import katana_patch
+
+    gone, here = Live(["true"]), Live(["sleep", "60"])
+    gone.kill()  # reaped: no such process any more
+    try:
+        results = [{"pid": gone.pid, "result": "failed", "code": 8, "message": "no process"},
+                   {"pid": here.pid, "result": "failed", "code": 8, "message": "traced"},
+                   {"pid": here.pid, "result": "failed", "code": 11, "message": "undone"}]
+        katana_patch.exited_meanwhile(results)
+        assert [r["result"] for r in results] == ["exited", "failed", "failed"]
+    finally:
+        here.kill()

@@ -109,9 +109,12 @@ def test_all_processes_of_one_build(tmp_path):
            check=True)
     # a process of the same program name but another build: skipped, named in the summary
     other = build_version(scenario / "stacked" / "v2", tmp_path / "other", program=name)
+    # body_change v0 as any other test or suite builds it, under another name: not this build
+    bystander = Live([str(build_scenario("body_change", tmp_path / "bystander", versions=("v0",))
+                          ["v0"])])
     lives = [Live([str(trees["v0"])]) for _ in range(3)] + [Live([str(other)])]
     try:
-        for live in lives:
+        for live in lives + [bystander]:
             live.wait_for(r"tick \d+ result \d+")
         result = katana("apply", str(po), "all")
         assert result.returncode == 0, result.stderr
@@ -122,8 +125,9 @@ def test_all_processes_of_one_build(tmp_path):
             tick, value = int(m.group(1)), int(m.group(2))
             assert value == (7 if tick % 7 == 0 else tick * 1000)
         assert "no katana patches applied" in katana("status", str(lives[3].pid)).stdout
+        assert "no katana patches applied" in katana("status", str(bystander.pid)).stdout
     finally:
-        for live in lives:
+        for live in lives + [bystander]:
             live.kill()
 
 

@@ -15,13 +15,14 @@ the commit, and anything that changes the process between the check and the appl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from katana.errors import ApplyError, BusyError
+from katana.errors import ApplyError, BusyError, TargetError
 from katana.live.command import find_targets, patch_fields, say_to
 from katana.live.plan import Plan, prepare
-from katana.live.results import Outcome, Tally, attempt, tell
-from katana.live.targets import EVERY, Selection
+from katana.live.results import Outcome, Tally, alive_at_start, attempt, tell
+from katana.live.targets import EVERY, Selection, refuse_stopped
 from katana.live.trust import Trust, check_policy
 from katana.target.process import Process, check_interrupts, signals_held
 
@@ -41,10 +42,11 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
         report.update(**patch_fields(patch, trust.po_sha256))
     targets = find_targets(patch, pids, chosen)
     single = len(targets) == 1 and pids != ["all"]
+    alive = alive_at_start(targets, pids == ["all"])
     try:
         for pid in targets:
-            outcome = tally.add(attempt(pid, lambda pid=pid: check_one(patch, pid, config,
-                                                                        trust)))
+            outcome = tally.add(attempt(pid, lambda pid=pid: check_one(patch, pid, config, trust),
+                                        pid in alive))
             if outcome.result == "ready":
                 say(1, f"{pid}: ready: {outcome.message}")
             elif not single:
@@ -53,7 +55,8 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
         if report is not None:
             report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
             report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
-            report.failure = tally.failure()
+            # one PID given: its own error is the command's (no "1 of 1 failed")
+            report.failure = None if single else tally.failure()
     if single:
         only = tally.outcomes[0]
         if only.error is not None:
@@ -64,7 +67,11 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
 
 
 def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:
-    plan = prepare(patch, pid)
+    refuse_stopped(pid)  # as apply does: a stopped process cannot be patched
+    try:
+        plan = prepare(patch, pid)
+    except OSError as e:  # as apply says it (apply._prepare): memory /proc would not give
+        raise TargetError(f"cannot read process {pid}: {e.strerror or e}") from e
     trust.confirm(patch, plan.po_sha256)
     _check_sites(plan)
     busy, stopped = _probe(plan, config)
@@ -103,6 +110,16 @@ def _check_sites(plan: Plan) -> None:
         read.close()
 
 
+def _deleted(pid: int) -> str:
+    """What to add when the process's executable is no longer on disk (a package upgrade
+    replaced or removed it: /proc/PID/exe then ends in " (deleted)")."""
+    try:
+        gone = os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+    except OSError:
+        return ""
+    return " (its executable was deleted or replaced on disk since it started)" if gone else ""
+
+
 def _probe(plan: Plan, config) -> tuple[list, float]:
     """One stop of every thread, to look at their stacks; the process let go at once."""
     from katana.safety.safepoint import Checker, Range
@@ -110,8 +127,14 @@ def _probe(plan: Plan, config) -> tuple[list, float]:
     if not plan.safety:
         return [], 0.0  # nothing to find in use: no stop at all
     ranges = [Range(lo, hi, name) for lo, hi, name in plan.safety]
-    checker = Checker(plan.pid, ranges, declared=plan.declared_stacks, return_hooks=False,
-                      records=plan.records)
+    try:
+        checker = Checker(plan.pid, ranges, declared=plan.declared_stacks, return_hooks=False,
+                          records=plan.records)
+    except OSError as e:  # before any stop: a file the probe reads by its path is gone
+        raise TargetError(f"process {plan.pid}: cannot read {e.filename or 'a file it maps'}: "
+                          f"{e.strerror or e}" + _deleted(plan.pid),
+                          hint="apply is refused too: put the same build back at that path, "
+                               "or restart the process") from e
     proc = Process(plan.pid)
     try:
         with signals_held():

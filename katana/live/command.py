@@ -9,7 +9,7 @@ from pathlib import Path
 from katana.errors import SignatureError, TargetError
 from katana.live.apply import Result, apply_patch
 from katana.live.audit import log_event, refusal_line
-from katana.live.results import Outcome, Tally, attempt, tell
+from katana.live.results import Outcome, Tally, alive_at_start, attempt, tell
 from katana.live.targets import (
     EVERY,
     Selection,
@@ -17,6 +17,7 @@ from katana.live.targets import (
     check_filters,
     given_pids,
     library_pids,
+    refuse_stopped,
 )
 from katana.live.trust import check_policy
 from katana.po import load_po
@@ -81,15 +82,17 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         report.update(**patch_fields(patch, trust.po_sha256))
     targets = find_targets(patch, pids, chosen)
     single = len(targets) == 1 and pids != ["all"]
+    alive = alive_at_start(targets, pids == ["all"])
     try:
         for pid in targets:
             def work(pid: int = pid) -> Outcome:
                 began = procfs.started_at() if single else None
+                refuse_stopped(pid)  # before the engine borrows one of its threads
                 result = apply_patch(patch, pid, config, leave_stopped, _teller(pid, say),
                                      trust, began=began)
                 _report(result, say)
                 return _applied(result)
-            outcome = tally.add(attempt(pid, work))
+            outcome = tally.add(attempt(pid, work, pid in alive))
             if not single:
                 tell(outcome)
             interrupted = outcome.extra.pop("_interrupted", None)
@@ -101,7 +104,8 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
         if report is not None:
             report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
             report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
-            report.failure = tally.failure()
+            # one PID given: its own error is the command's (no "1 of 1 failed")
+            report.failure = None if single else tally.failure()
     if single:
         only = tally.outcomes[0]
         if only.error is not None:  # one target: its error is the command's error

@@ -8,13 +8,15 @@ the build it behaves as now (its newest patch's TO) and the patches that brought
 
 from __future__ import annotations
 
+import os
 import pwd
 import sys
 import time
 
 from katana.elf.buildid import read_build_id
-from katana.errors import KatanaError
-from katana.live.record import Record, read_records
+from katana.errors import KatanaError, TargetError
+from katana.live.record import Record
+from katana.live.status import records_of
 from katana.live.targets import process_ids, process_uid, program_of
 from katana.target import procfs
 
@@ -52,13 +54,28 @@ def objects(records: list[Record], exe_build_id: str | None) -> list[dict]:
     return out
 
 
+def _hidden(pid: int) -> bool:
+    """Whether the process runs a program we may not see: another user's, for anyone but
+    root (its /proc/PID/exe link refuses us), as opposed to a kernel thread (which has none)
+    or a process that is gone."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def describe_process(pid: int) -> dict | None:
     """What ps says of one process; None when it is not a program we can read (a kernel
     thread, a process that exited meanwhile). KatanaError: it could not be read."""
     program = program_of(pid)
     if not program:
+        if _hidden(pid):
+            raise TargetError(f"cannot read /proc/{pid}/exe: permission denied")
         return None
-    records = read_records(pid)
+    records = records_of(pid)
     try:
         build_id = read_build_id(f"/proc/{pid}/exe")
     except (KatanaError, OSError):
@@ -75,12 +92,11 @@ def list_processes(program: str | None = None) -> tuple[list[dict], int]:
     for pid in process_ids():
         try:
             found = describe_process(pid)
-        except KatanaError:
-            if procfs.pid_exists(pid) and program_of(pid):
+        except (KatanaError, OSError):
+            # gone meanwhile is nothing to count; a live program we could not read is
+            if procfs.pid_exists(pid) and (program_of(pid) or _hidden(pid)):
                 unreadable += 1
             continue
-        except OSError:
-            continue  # it exited while we read it
         if found is None:
             continue
         if found["patched"] or (program is not None and found["program"] == program):
@@ -117,6 +133,8 @@ def ps_command(program: str | None = None, report=None) -> int:
             print("no process carries katana patches" + (
                 f", and none runs {program}" if program else ""))
     if unreadable:
-        print(f"katana: warning: {unreadable} process(es) could not be read: run as root to "
-              "see every process", file=sys.stderr)
+        why = ("katana status PID says why (a damaged record, another PID namespace)"
+               if os.geteuid() == 0 else "run as root to see every process")
+        print(f"katana: warning: {unreadable} process(es) could not be read: {why}",
+              file=sys.stderr)
     return 0

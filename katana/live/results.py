@@ -41,21 +41,33 @@ class Outcome:
 
 
 def exited(pid: int) -> bool:
-    """Whether the process is gone (or a zombie): what it did, not what katana did to it."""
+    """Whether the process is gone (or a zombie): what it did, not what katana did to it. A
+    kernel thread or a thread id is no process to patch, but has not exited."""
     try:
-        procfs.check_process(pid)
+        state = procfs.parse_status(pid).get("State", "")
     except TargetError:
-        return True
-    return False
+        return not procfs.pid_exists(pid)
+    return state.startswith(("Z", "X"))
 
 
-def outcome_of(pid: int, error: BaseException) -> Outcome | None:
-    """The outcome a refusal means for one process; None for a bug (raise it again)."""
+def alive_at_start(targets: list[int], every: bool) -> set[int]:
+    """The targets that were processes when the command began. ``all`` found each in /proc;
+    a PID given that is no live process then did not exit meanwhile: it is a wrong PID, and
+    fails (never ``exited``, which is not counted as a failure)."""
+    if every:
+        return set(targets)
+    return {pid for pid in targets if not exited(pid)}
+
+
+def outcome_of(pid: int, error: BaseException, was_alive: bool = True) -> Outcome | None:
+    """The outcome a refusal means for one process; None for a bug (raise it again).
+    ``was_alive``: whether it was a process when the command began (else it cannot have
+    exited meanwhile)."""
     if not isinstance(error, KatanaError):
         if not exited(pid):
             return None  # an OSError or worse on a live process: a bug, not a refusal
         error = TargetError(f"process {pid} exited while katana worked on it")
-    if isinstance(error, TargetError) and exited(pid):
+    if isinstance(error, TargetError) and was_alive and exited(pid):
         result = "exited"
     elif isinstance(error, AlreadyAppliedError):
         result = "unchanged"
@@ -67,12 +79,12 @@ def outcome_of(pid: int, error: BaseException) -> Outcome | None:
     return Outcome(pid, result, error.exit_code, error.message, extra, error)
 
 
-def attempt(pid: int, work: Callable[[], Outcome]) -> Outcome:
+def attempt(pid: int, work: Callable[[], Outcome], was_alive: bool = True) -> Outcome:
     """Run one process's work; a refusal or the process's death becomes its outcome."""
     try:
         return work()
     except Exception as e:  # noqa: BLE001 -- outcome_of tells a bug from a refusal
-        found = outcome_of(pid, e)
+        found = outcome_of(pid, e, was_alive)
         if found is None:
             raise
         return found

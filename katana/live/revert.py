@@ -16,6 +16,8 @@ from pathlib import Path
 from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
 from katana.live.record import REVERTED_MAGIC, Record, read_records
+from katana.live.status import records_of
+from katana.live.targets import refuse_stopped
 from katana.target import procfs
 from katana.target.borrow import Borrower
 from katana.target.inject import SYS_munmap
@@ -32,12 +34,16 @@ def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = Non
     done: list[dict] = []
     if report is not None:
         report.update(pid=pid, results=done)
+    record = None  # the patch being reverted, which a refusal names too (docs/json.md)
     try:
         with signals_held():
             while True:
+                record = None  # until chosen: a refusal before names no patch
                 record, records = _choose(pid, patch, first=not done)
                 if record is None:  # --all, and none left
                     break
+                _refuse_dependents(pid, record, records)
+                refuse_stopped(pid)  # the unmapping borrows one of its threads
                 _revert_record(pid, record, records, config)
                 done.append({"pid": pid, "result": "reverted", "code": 0,
                              "message": f"reverted {record.program} {record.to_label} -> "
@@ -49,7 +55,8 @@ def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = Non
                 check_interrupts()
     except KatanaError as e:
         done.append({"pid": pid, "result": "unchanged" if isinstance(e, NothingToRevertError)
-                     else "failed", "code": e.exit_code, "message": e.message})
+                     else "failed", "code": e.exit_code, "message": e.message,
+                     **(_labels(record) if record is not None else {})})
         if done[:-1] and not isinstance(e, NothingToRevertError):
             e.message += f" ({len(done) - 1} newer patch(es) were reverted before)"
         raise
@@ -69,7 +76,7 @@ def _labels(record: Record) -> dict:
 
 def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, list[Record]]:
     """The record to revert now, and every live record of the process."""
-    records = read_records(pid)
+    records = records_of(pid)
     if not records:
         if not first:
             return None, records
@@ -86,7 +93,11 @@ def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, li
     if len({r.po_sha256 for r in matches}) > 1:
         raise UsageError(f"{patch} is the beginning of the sha256 of more than one patch of "
                          f"process {pid}", hint="give more digits (katana status --json)")
-    record = matches[-1]
+    return matches[-1], records
+
+
+def _refuse_dependents(pid: int, record: Record, records: list[Record]) -> None:
+    """ApplyError while later patches of the process need ``record``."""
     later = records[records.index(record) + 1:]
     depending = [r for r in later if _depends(r, record)]
     if depending:
@@ -96,7 +107,6 @@ def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, li
                          f"({names}: made from the build it left, or calling its code)",
                          hint=f"revert those first (katana revert {pid}, newest first), or "
                               f"all of them: katana revert {pid} --all")
-    return record, records
 
 
 def _sha_of(patch: str) -> str:

@@ -6,7 +6,18 @@ import time
 
 from katana.elf.buildid import read_build_id
 from katana.errors import TargetError
-from katana.live.record import REVERTED_MAGIC, Audit, Record, read_records
+from katana.live.record import MAGIC, REVERTED_MAGIC, Audit, Record, read_records
+
+
+def records_of(pid: int, magic: bytes = MAGIC) -> list[Record]:
+    """``read_records``, where memory that cannot be read (a record whose length runs past its
+    mapping: /proc/PID/mem answers EIO) is a TargetError naming the process, not a bug."""
+    try:
+        return read_records(pid, magic=magic)
+    except OSError as e:
+        raise TargetError(f"cannot read the katana records of process {pid}: "
+                          f"{e.strerror or e}", hint="a damaged record, or memory the kernel "
+                          "will not show: katana cannot tell what this process carries") from e
 
 
 def _audit_json(audit: Audit | None) -> dict | None:
@@ -35,8 +46,8 @@ def _reverted_text(r: Record) -> str:
 
 def status_command(pid: int, report=None) -> int:
     """Print the patches of ``pid`` (or fill ``report``, for --json: docs/json.md)."""
-    records = read_records(pid)
-    reverted = sorted(read_records(pid, magic=REVERTED_MAGIC),
+    records = records_of(pid)
+    reverted = sorted(records_of(pid, magic=REVERTED_MAGIC),
                       key=lambda r: r.reverted.time if r.reverted else "")
     try:
         exe_id = read_build_id(f"/proc/{pid}/exe")

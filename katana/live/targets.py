@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from katana.elf.buildid import read_build_id
-from katana.errors import KatanaError, UsageError
+from katana.errors import KatanaError, TargetError, UsageError
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,42 @@ def library_pids(names: set[str], chosen: Selection = EVERY) -> list[int]:
                for line in text.splitlines() if "/" in line):
             found.append(pid)
     return found
+
+
+def stopped_threads(pid: int) -> list[int]:
+    """The threads of ``pid`` in a job-control stop (State ``T``: SIGSTOP, SIGTSTP, ``apply -s``).
+
+    A thread a tracer holds is ``t`` and is refused as traced; a thread that exits while we read
+    is no longer stopped."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    stopped = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                state = next((line.split()[1] for line in f if line.startswith("State:")), "")
+        except (OSError, IndexError):
+            continue
+        if state == "T":
+            stopped.append(int(tid))
+    return stopped
+
+
+def refuse_stopped(pid: int) -> None:
+    """TargetError for a process stopped by a signal, before katana touches it.
+
+    The engine runs system calls through one of the target's threads and needs it to run: a
+    stopped thread never finishes the call, and once continued it ran off the stub and died
+    (SIGSEGV at the -ERESTART value of its interrupted sleep). So a stopped process is refused
+    while it is untouched; ``kill -CONT`` it first."""
+    stopped = stopped_threads(pid)
+    if stopped:
+        which = "is stopped" if pid in stopped else f"has {len(stopped)} stopped thread(s)"
+        raise TargetError(f"process {pid} {which} (SIGSTOP, job control or apply -s): katana "
+                          "works only on a running process", hint=f"continue it first: kill -CONT "
+                          f"{pid}")
 
 
 def given_pids(pids: list[str]) -> list[int]:

@@ -22,6 +22,10 @@ class Katana:
 
     def __init__(self, module, executable=None, timeout=None, require_signature=False):
         self.module = module
+        if executable and not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            # run_command would only say "Error executing command."
+            module.fail_json(msg=f"katana: {executable}: no such executable on the host",
+                             cmd=[executable])
         self.path = executable or module.get_bin_path("katana", required=True,
                                                       opt_dirs=OPT_DIRS)
         self.config = self._config(timeout, require_signature)

@@ -136,23 +136,27 @@ results:
     - {pid: 4242, result: applied, code: 0, message: "applied kvd v0 -> v1", stopped_ms: 0.6,
        functions: [lookup, run_get], busy: []}
 summary:
-  description: How many processes ended in each result.
+  description:
+    - How many processes ended in each result, and C(total).
+    - With O(state=applied), katana's own (C(applied) or, in check mode, C(ready), C(unchanged),
+      C(skipped), C(failed), C(exited)); with O(state=reverted), C(reverted), C(ready) (check
+      mode), C(unchanged), C(failed) and C(exited).
   returned: when katana was run on processes
   type: dict
-  sample: {applied: 1, unchanged: 0, skipped: 0, failed: 0, total: 1}
+  sample: {applied: 1, unchanged: 0, skipped: 0, failed: 0, exited: 0, total: 1}
 object:
   description: The program (or library) the PO patches.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: kvd
 from:
   description: The label of the build the PO applies to.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: v0
 to:
   description: The label of the build the processes run once patched.
-  returned: when O(state=applied)
+  returned: when O(state=applied) and the PO could be read
   type: str
   sample: v1
 po_sha256:
@@ -200,6 +204,9 @@ def same_bytes(a, b):
 def stage(module):
     """The PO to hand to katana, and whether src was (or would be) copied to patch."""
     src, patch = module.params["src"], module.params["patch"]
+    if patch and os.path.isdir(patch):
+        module.fail_json(msg=f"{patch} is a directory: give the path of the PO itself "
+                             "(its file name too)")
     if not src:
         if not os.path.isfile(patch):
             module.fail_json(msg=f"{patch}: no such Patch Object on the host")
@@ -235,6 +242,8 @@ def _install(module, src, dest):
 def targets(module):
     """katana's target arguments: PIDs, or all with its filters."""
     target, p = module.params["target"], module.params
+    if not target:
+        module.fail_json(msg="target must be 'all' or process ids, not an empty list")
     filters = [p["program"], p["user"], p["exe"]]
     if target == ["all"]:
         args = ["all"]
@@ -276,34 +285,73 @@ def apply(katana, module, po):
         if not args:
             return {"results": [], "summary": {"total": 0}}, False
     data = katana.run("check" if module.check_mode else "apply", po, *args)
+    if module.params["target"] == ["all"]:
+        exited_meanwhile(data.get("results", []))
     return data, True
+
+
+def gone(pid):
+    """Whether a process has exited (no /proc entry, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def exited_meanwhile(results):
+    """PIDs this module found with katana ps and handed to katana: one that exited before
+    katana reached it is what katana's own all calls "exited" (no failure), not a wrong PID."""
+    for r in results:
+        if r.get("result") == "failed" and r.get("code") == 8 and gone(r.get("pid")):
+            r["result"] = "exited"
 
 
 def revert(katana, module, po):
     """state=reverted: katana revert PID PATCH for each process that carries this PO."""
     sha = sha256(po)
     args = targets(module)
+    listed = katana.run("list", po)  # a damaged PO fails the host, as it does for apply
+    if listed.get("error"):
+        katana.fail(listed)
     processes = katana.processes(module.params["program"])
     carrying = {p["pid"] for p in processes if sha in patch_shas(p)}
     if args[0] == "all":
         pids = sorted(p["pid"] for p in processes if p["pid"] in carrying and kept(p, module))
     else:
         pids = [int(a) for a in args]
-    results, cmds = [], []
+    results, cmds = [], [listed["cmd"]]
     for pid in pids:
         if pid not in carrying:
-            results.append({"pid": pid, "result": "unchanged", "code": 0,
-                            "message": "does not carry this patch"})
+            results.append(not_carrying(katana, pid, cmds))
         elif module.check_mode:
             results.append({"pid": pid, "result": "ready", "code": 0,
                             "message": "would revert this patch"})
         else:
             data = katana.run("revert", str(pid), po)
             cmds.append(data["cmd"])
+            if args[0] == "all":
+                exited_meanwhile(data.get("results", []))
             if data.get("error") and not data.get("results"):
                 katana.fail(data, cmd=cmds)
             results += data.get("results", [])
-    return {"results": results, "cmd": cmds, "po_sha256": sha}
+    counts = {k: sum(r.get("result") == k for r in results)
+              for k in ("reverted", "ready", "unchanged", "failed", "exited")}
+    return {"results": results, "cmd": cmds, "po_sha256": sha,
+            "summary": {**counts, "total": len(results)}}
+
+
+def not_carrying(katana, pid, cmds):
+    """The result of a process given by PID that does not carry the PO: unchanged, or, when
+    it is no process katana can read (gone, a kernel thread), failed with katana's words."""
+    data = katana.run("status", str(pid))
+    cmds.append(data["cmd"])
+    error = data.get("error")
+    if error:
+        return {"pid": pid, "result": "failed", "code": error.get("code"),
+                "message": error.get("message")}
+    return {"pid": pid, "result": "unchanged", "code": 0,
+            "message": "does not carry this patch"}
 
 
 def main():

@@ -175,3 +175,25 @@ def test_apply_can_leave_the_target_stopped(tmp_path):
         assert int(m.group(2)) == int(m.group(1)) * 1000
     finally:
         live.kill()
+
+
+@pytest.mark.parametrize("upgrade", ["deleted", "replaced"])
+def test_a_process_whose_executable_was_replaced_on_disk(tmp_path, upgrade):
+    """A package upgrade deletes the file a service runs, or puts another build at its path:
+    apply reads what the process runs, through /proc/PID/exe, never the path."""
+    trees = build_scenario("stacked", tmp_path, versions=("v0", "v1", "v2"))
+    po = _po(trees, "v0", "v1", tmp_path)
+    installed = tmp_path / "installed" / "prog"
+    installed.parent.mkdir()
+    shutil.copy(trees["v0"], installed)
+    live = Live([str(installed)])
+    try:
+        _result(live, 0)
+        installed.unlink()
+        if upgrade == "replaced":
+            shutil.copy(trees["v2"], installed)  # another build at the same path
+        katana("apply", str(po), str(live.pid), check=True)
+        tick, result = _result(live, live.mark())
+        assert result == tick * 3
+    finally:
+        live.kill()

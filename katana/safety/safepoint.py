@@ -223,7 +223,9 @@ class Checker:
         # library file: inject's search keeps what it found)
         self.restorer = inject.search_code(self.read, pid, maps, RESTORER, library="libc.so")
         bias = procfs.load_bias(pid, maps)
-        self.switch_returns = {r + bias for r in switch_returns(procfs.exe_path(pid))}
+        # the file the process runs, even if an upgrade deleted or replaced it on disk (the
+        # cache is per inode: every process of one build still shares one reading)
+        self.switch_returns = {r + bias for r in switch_returns(f"/proc/{pid}/exe")}
         self.declared = declared
         self._after_call: dict[int, bool] = {}
 

@@ -185,9 +185,16 @@ def read_records(pid: int, maps: list | None = None, magic: bytes = MAGIC) -> li
             except OSError:
                 continue
 
-            def read_rest(offset: int, length: int, base: int = lo) -> bytes:
-                mem.seek(base + offset)
-                return mem.read(length)
+            def read_rest(offset: int, length: int, base: int = lo, end: int = _hi) -> bytes:
+                # a record lies inside its mapping: a marker that says otherwise is not one of
+                # ours (or is damaged), and must not cost a read of gigabytes
+                if base + offset + length > end:
+                    raise ValueError(f"record at {base:#x} runs past its mapping")
+                try:
+                    mem.seek(base + offset)
+                    return mem.read(length)
+                except OSError as e:
+                    raise ValueError(f"record at {base:#x} unreadable ({e.strerror})") from e
 
             record = Record.decode(header, read_rest, magic)
             if record is not None:

@@ -385,3 +385,36 @@ def test_the_stop_makes_no_system_call_in_the_target(tmp_path, scenario):
         assert len(outside) == (1 if scenario == "pointer_to_struct" else 0), outside
     finally:
         live.kill()
+
+
+def test_a_thread_stopped_under_a_borrowing_gets_its_registers_back(tmp_path):
+    """SIGSTOP reaching the target while katana borrows a thread (here: before the apply, past
+    the command's own refusal of a stopped process, as a SIGSTOP a moment later would be): the
+    thread never runs the stub, so it gets its own registers back and the stub's bytes stay
+    where it could still need them. Before, it kept the stub's address, the stub was taken
+    away, and SIGCONT crashed the target (SIGSEGV)."""
+    from katana.config import Config
+    from katana.errors import KatanaError
+    from katana.live.apply import apply_patch
+
+    exes = build_scenario("body_change", tmp_path)
+    po = tmp_path / "p.po"
+    katana("generate", "-o", str(po), str(tmp_path / "v0"), str(tmp_path / "v1"), "prog",
+           check=True)
+    live = Live([str(exes["v0"])])
+    try:
+        live.wait_for(r"tick 2 ")
+        os.kill(live.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + TIMEOUT
+        while procfs.parse_status(live.pid)["State"][0] != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        with pytest.raises(KatanaError):
+            apply_patch(po, live.pid, Config())
+        assert procfs.parse_status(live.pid)["TracerPid"] == "0"
+        os.kill(live.pid, signal.SIGCONT)
+        m = live.wait_for(r"tick (\d+) result (\d+)", after=live.mark())
+        assert int(m.group(2)) == 2 * int(m.group(1))  # alive, and v0
+        assert read_records(live.pid) == []
+    finally:
+        live.kill()

@@ -163,7 +163,9 @@ class Borrower:
         self._start = start
         self._next = 0
         self._written = False
-        self._pending: list[tuple[int, int]] = []  # (thread, stub) not yet seen leaving it
+        # (thread, stub, its registers before) not yet seen leaving the stub
+        self._pending: list[tuple[int, int, Regs]] = []
+        self._stranded = False  # a thread may still be inside a stub: its bytes must stay
 
     def syscall(self, nr: int, *args: int, timeout: float = 2.0,
                 effect: Callable[[], bool] | None = None, then: tuple[int, ...] = ()) -> None:
@@ -207,9 +209,9 @@ class Borrower:
         fault_point("borrow-running")
         deadline = time.monotonic() + timeout
         if effect is not None and self._await_effect(effect, time.monotonic() + 0.002):
-            self._pending.append((tid, stub))
+            self._pending.append((tid, stub, regs))
             return
-        self._wait_out(tid, stub, deadline)
+        self._wait_out(tid, stub, deadline, regs)
 
     def _await_effect(self, effect: Callable[[], bool], deadline: float) -> bool:
         delay = 0.00002
@@ -220,7 +222,7 @@ class Borrower:
             delay = min(delay * 2, 0.0005)
         return True
 
-    def _wait_out(self, tid: int, stub: int, deadline: float) -> None:
+    def _wait_out(self, tid: int, stub: int, deadline: float, before: Regs) -> None:
         """Wait until the thread has left the stub: seen from /proc without stopping it when
         it is blocked in a system call (an idle thread, back in its own code), else checked in
         a short single-thread stop. A signal that stopped it meanwhile is held until it is
@@ -237,19 +239,35 @@ class Borrower:
             except TargetError:
                 return  # exited: the process is going away, the caller finds out
             rip = proc.get_regs(tid).rip
+            if stub <= rip < stub + STUB_SIZE and time.monotonic() > deadline:
+                self._give_back(tid, stub, rip, before)
             proc.resume_thread(tid, deliver=False)
             if not stub <= rip < stub + STUB_SIZE:
                 return
-            if time.monotonic() > deadline:
-                raise ApplyError(f"thread {tid} of process {proc.pid} did not finish an injected "
-                                 "system call", hint="it may be stopped by a debugger")
             delay = min(delay * 2, 0.002)
+
+    def _give_back(self, tid: int, stub: int, rip: int, before: Regs) -> None:
+        """A thread that did not run its stub in time (stopped by SIGSTOP or a debugger since
+        it was picked): one that has not begun gets its own registers back, as if never
+        borrowed; one inside keeps the stub's bytes, which it still needs. Then refuse."""
+        proc = self.process
+        if rip == stub:
+            proc.set_regs(tid, before)
+        else:
+            self._stranded = True
+        proc.resume_thread(tid, deliver=False)
+        raise ApplyError(f"thread {tid} of process {proc.pid} did not run katana's system call "
+                         "in time (stopped meanwhile?)",
+                         hint=f"if it is stopped, continue it (kill -CONT {proc.pid}) and try "
+                              "again")
 
     def _pick_thread(self) -> int:
         """A thread running user code if there is one (it is in no system call, so nothing has
         to be restarted), else the first thread not in a group-stop."""
         proc = self.process
-        usable = [tid for tid in proc.tids if not proc.in_group_stop(tid)]
+        # a thread stopped by SIGSTOP before katana came (state T) would not run the stub
+        usable = [tid for tid in proc.tids
+                  if not proc.in_group_stop(tid) and _state(proc.pid, tid) != "T"]
         for tid in usable:
             if _state(proc.pid, tid) == "R":
                 return tid
@@ -261,9 +279,17 @@ class Borrower:
     def close(self) -> None:
         """Put back the bytes the stubs replaced (once no thread can be inside one)."""
         pending, self._pending = self._pending, []
-        for tid, stub in pending:
-            self._wait_out(tid, stub, time.monotonic() + 2.0)
-        if self._written:
+        try:
+            for tid, stub, before in pending:
+                self._wait_out(tid, stub, time.monotonic() + 2.0, before)
+        except BaseException:
+            self._stranded = True  # the threads not waited for may still be inside a stub
+            raise
+        finally:
+            self._put_back()
+
+    def _put_back(self) -> None:
+        if self._written and not self._stranded:
             self.process.write(self._start, self._saved)
             self._written = False
 

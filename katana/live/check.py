@@ -52,18 +52,8 @@ def check_command(patch: Path, pids: list[str], config, verbosity: int = 1, repo
             elif not single:
                 tell(outcome)
     finally:
-        if report is not None:
-            report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
-            report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
-            # one PID given: its own error is the command's (no "1 of 1 failed")
-            report.failure = None if single else tally.failure()
-    if single:
-        only = tally.outcomes[0]
-        if only.error is not None:
-            raise only.error
-        return 0
-    say(0, f"katana: {tally.line(SHOWN)}")
-    return tally.exit_code()
+        tally.report_to(report, COUNTED, single)
+    return tally.finish(single, SHOWN, say)
 
 
 def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:

@@ -101,18 +101,8 @@ def apply_command(patch: Path, pids: list[str], config, leave_stopped: bool = Fa
                     say(0, f"katana: {tally.line(SHOWN, len(targets))}; interrupted")
                 raise_interrupt(interrupted)
     finally:
-        if report is not None:
-            report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
-            report.update(results=tally.to_json(), summary=tally.summary(COUNTED))
-            # one PID given: its own error is the command's (no "1 of 1 failed")
-            report.failure = None if single else tally.failure()
-    if single:
-        only = tally.outcomes[0]
-        if only.error is not None:  # one target: its error is the command's error
-            raise only.error
-        return 0
-    say(0, f"katana: {tally.line(SHOWN)}")
-    return tally.exit_code()
+        tally.report_to(report, COUNTED, single)
+    return tally.finish(single, SHOWN, say)
 
 
 def _applied(result: Result) -> Outcome:

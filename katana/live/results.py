@@ -127,6 +127,26 @@ class Tally:
     def to_json(self) -> list[dict]:
         return [o.to_json() for o in self.outcomes]
 
+    def report_to(self, report, counted: tuple[str, ...], single: bool) -> None:
+        """Fill the --json ``report`` (if any) with the results and the summary."""
+        if report is None:
+            return
+        report.fields.pop("results", None)  # after the PO's fields, as docs/json.md shows
+        report.update(results=self.to_json(), summary=self.summary(counted))
+        # one PID given: its own error is the command's (no "1 of 1 failed")
+        report.failure = None if single else self.failure()
+
+    def finish(self, single: bool, shown: tuple[str, ...], say) -> int:
+        """The command's end: one PID given raises its own error; a list prints the summary
+        line and exits with the last real failure's code."""
+        if single:
+            only = self.outcomes[0]
+            if only.error is not None:
+                raise only.error
+            return 0
+        say(0, f"katana: {self.line(shown)}")
+        return self.exit_code()
+
 
 def tell(outcome: Outcome) -> None:
     """The stderr line of a process that was not done, in a list: ``4242: skipped: ...``."""

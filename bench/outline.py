@@ -4,7 +4,8 @@ The tool adds ``-flive-patching=inline-clone`` (GCC >= 9) and, by default,
 ``-fno-inline-functions-called-once -fno-inline-small-functions`` (``KATANA_OUTLINE_CALLEES``) so
 that a change to a helper never lands inside a loop that is always on the stack. This measures
 what that costs: kvd's request path (protocol parsing, store lookups, stats), driven by a small C
-driver that calls ``protocol_handle`` in a loop with no network, built three ways:
+driver that calls ``protocol_handle`` in a loop with no network, with the store in libkvstore.so
+(``-fPIC``, called through the PLT) as the example builds it, built five ways:
 
     baseline   -O2 -g -ffunction-sections -fdata-sections
     live       baseline + -flive-patching=inline-clone
@@ -73,8 +74,12 @@ def build(variant: str, out: Path) -> Path:
         if f.name not in ("main.c", "client.c", "net.c"):
             shutil.copy(f, out / f.name)
     (out / "driver.c").write_text(DRIVER)
-    sources = sorted(p.name for p in out.glob("*.c"))
-    subprocess.run(["gcc", *VARIANTS[variant], *sources, "-o", "driver"], cwd=out, check=True)
+    # the store is a library the server loads, as example_project/SConscript builds it
+    subprocess.run(["gcc", *VARIANTS[variant], "-fPIC", "-shared", "-Wl,-soname,libkvstore.so",
+                    "store.c", "-o", "libkvstore.so"], cwd=out, check=True)
+    sources = sorted(p.name for p in out.glob("*.c") if p.name != "store.c")
+    subprocess.run(["gcc", *VARIANTS[variant], *sources, "-o", "driver", "-L.", "-lkvstore",
+                    "-Wl,-rpath,$ORIGIN"], cwd=out, check=True)
     return out / "driver"
 
 

@@ -3,6 +3,10 @@
 example_project/src holds v0; example_project/changes/<a>-<b>.diff takes it from one release to
 the next. Tests apply the diffs with patch(1), as demo.sh does, so a diff that no longer applies
 fails them.
+
+kvd loads its store (store.c) from a library the SConscript builds, libkvstore.so: `scons patch`
+writes a PO for each (PATCHED), applied in that order, the library's first (kvd's v1 -> v2 calls
+store_hits, which the library's v1 -> v2 adds).
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "example_project"
 RELEASES = ("v0", "v1", "v2")
+PATCHED = ("libkvstore.so", "kvd")  # the objects each release changes, in the order to apply
+
+
+def patches(project: Path, before: str, after: str) -> list[Path]:
+    """The POs that take a process of ``project`` from ``before`` to ``after``, in the order to
+    apply them: patches/libkvstore.so-<before>-<after>.po, then kvd's."""
+    return [project / "patches" / f"{name}-{before}-{after}.po" for name in PATCHED]
 
 
 def diff_to(version: str) -> Path:

@@ -2,7 +2,9 @@
 (connection: local) on the example server, as docs/fleet.md runs it against a fleet.
 
 Every playbook targets the test's own server (by PID, or `all` narrowed to the test's executable):
-other kvd processes of the machine are never touched.
+other kvd processes of the machine are never touched. The example's store is a library kvd loads,
+libkvstore.so, and each release has a PO for it (the lookup fix of v1 is there) and one for kvd:
+the playbooks apply the library's, then kvd's where the story needs both.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def needs_json():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """The example at v0, v1 and v2 (snapshots), and the patches kvd-v0-v1.po, kvd-v1-v2.po."""
+    """The example at v0, v1 and v2 (snapshots), and the patches (signed) of the library and of
+    kvd: libkvstore.so-v0-v1.po, kvd-v0-v1.po, libkvstore.so-v1-v2.po, kvd-v1-v2.po."""
     root = copy_project(tmp_path_factory.mktemp("fleet"))
     scons = [sys.executable, "-m", "SCons", "-Q"]
     for version in ("v0", "v1", "v2"):
@@ -123,18 +126,37 @@ def patch_task(name: str, ignore_errors: bool = False, **args) -> str:
             "      check_mode: false\n      changed_when: false\n")
 
 
-def file_code(pid: int) -> tuple[int, bytes]:
-    """(address, bytes) of the executable's code mapping as its file holds them."""
+def code_mapping(pid: int, name: str | None = None) -> tuple[str, int, int, int]:
+    """(path, start, end, file offset) of the code mapping of the executable, or of the mapped
+    file whose name is ``name`` (a library)."""
     exe = os.readlink(f"/proc/{pid}/exe")
     with open(f"/proc/{pid}/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].strip() == exe and fields[1].startswith("r-x"):
+            if len(fields) < 6 or not fields[1].startswith("r-x"):
+                continue
+            path = fields[5].strip()
+            if (Path(path).name == name) if name else path == exe:
                 lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                with open(exe, "rb") as f:
-                    f.seek(int(fields[2], 16))
-                    return lo, f.read(hi - lo)
-    raise AssertionError(f"process {pid} maps no code of {exe}")
+                return path, lo, hi, int(fields[2], 16)
+    raise AssertionError(f"process {pid} maps no code of {name or exe}")
+
+
+def file_code(pid: int, name: str | None = None) -> tuple[int, bytes]:
+    """(address, bytes) of that code mapping as its file holds them."""
+    path, lo, hi, offset = code_mapping(pid, name)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return lo, f.read(hi - lo)
+
+
+def mapped_code(pid: int, name: str) -> tuple[int, bytes]:
+    """(address, bytes) of the library's code mapping as the process holds them (/proc/PID/mem):
+    what it runs, including any jump a patch wrote over it."""
+    _, lo, hi, _ = code_mapping(pid, name)
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(lo)
+        return lo, mem.read(hi - lo)
 
 
 def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
@@ -142,19 +164,24 @@ def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
     exe = str(project / "releases/v0/kvd")
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"  # the v0 bug
     # from the controller's copy (signed), to where the host keeps it; every kvd of this
-    # executable; signed by a key the host trusts
-    tasks = patch_task("first", src=str(project / "patches/kvd-v0-v1.po"),
-                       patch=str(tmp_path / "kvd-v0-v1.po"), target="all", exe=exe, timeout=10,
-                       require_signature=True)
+    # executable (for the library's PO: every process that maps the library, narrowed to it);
+    # signed by a key the host trusts. The library's patch (the fix), then kvd's.
+    tasks = "".join(
+        patch_task(task, src=str(project / f"patches/{name}-v0-v1.po"),
+                   patch=str(tmp_path / f"{name}-v0-v1.po"), target="all", exe=exe, timeout=10,
+                   require_signature=True)
+        for task, name in (("first", "libkvstore.so"), ("second", "kvd")))
     home = project / "home"
     run, (_, changed, failed), saved = playbook(tmp_path, tasks, home=home)
-    assert (changed, failed) == (1, 0), run.stdout
-    first = saved["first"]
-    assert first["copied"] is True and (first["from"], first["to"]) == ("v0", "v1")
-    assert (tmp_path / "kvd-v0-v1.po.sig").read_bytes() == \
-        (project / "patches/kvd-v0-v1.po.sig").read_bytes()
-    assert "(trusted)" in katana("status", str(live.pid)).stdout
-    assert [(r["pid"], r["result"]) for r in first["results"]] == [(live.pid, "applied")]
+    assert (changed, failed) == (2, 0), run.stdout
+    for task, name in (("first", "libkvstore.so"), ("second", "kvd")):
+        result = saved[task]
+        assert result["copied"] is True and result["object"] == name
+        assert (result["from"], result["to"]) == ("v0", "v1")
+        assert (tmp_path / f"{name}-v0-v1.po.sig").read_bytes() == \
+            (project / f"patches/{name}-v0-v1.po.sig").read_bytes()
+        assert [(r["pid"], r["result"]) for r in result["results"]] == [(live.pid, "applied")]
+    assert katana("status", str(live.pid)).stdout.count("(trusted)") == 2
     assert ask(port, "GET ab") == "ERR no such key" and ask(port, "GET a") == "VALUE 1"
     # the second run: nothing to copy, the process runs v1 already; the facts say so
     tasks += ("    - katana.hotpatch.katana_facts:\n        program: kvd\n"
@@ -165,11 +192,13 @@ def test_apply_changed_then_ok_and_facts(needs_json, project, server, tmp_path):
               "      changed_when: false\n")
     run, (_, changed, failed), saved = playbook(tmp_path, tasks, home=home)
     assert (changed, failed) == (0, 0), run.stdout
-    assert saved["first"]["copied"] is False
-    assert [r["result"] for r in saved["first"]["results"]] == ["unchanged"]
+    for task in ("first", "second"):
+        assert saved[task]["copied"] is False
+        assert [r["result"] for r in saved[task]["results"]] == ["unchanged"]
     mine = [p for p in saved["facts"] if p["pid"] == live.pid]
     assert len(mine) == 1 and mine[0]["patched"] is True
-    assert [o["effective"] for o in mine[0]["objects"] if o["object"] == "kvd"] == ["v1"]
+    effective = {o["object"]: o["effective"] for o in mine[0]["objects"]}
+    assert effective == {"kvd": "v1", "libkvstore.so": "v1"}
     assert live.alive()
 
 
@@ -177,12 +206,20 @@ def test_check_mode_changes_nothing(needs_json, project, server, tmp_path):
     live, port = server
     before = code_snapshot(live.pid)
     assert before == file_code(live.pid)
-    # all, narrowed by program (katana ps --program) and exe: this test's server alone
-    tasks = patch_task("check", patch=str(project / "patches/kvd-v0-v1.po"), target="all",
-                       program="kvd", exe=str(project / "releases/v0/kvd"))
+    library = mapped_code(live.pid, "libkvstore.so")
+    assert library == file_code(live.pid, "libkvstore.so")
+    # all, narrowed by program (katana ps --program) and exe: this test's server alone; the
+    # library's PO (the fix), and kvd's
+    tasks = "".join(
+        patch_task(task, patch=str(project / f"patches/{name}-v0-v1.po"), target="all",
+                   program="kvd", exe=str(project / "releases/v0/kvd"))
+        for task, name in (("check", "libkvstore.so"), ("check_kvd", "kvd")))
     run, (_, changed, failed), saved = playbook(tmp_path, tasks, "--check")
-    assert (changed, failed) == (1, 0), run.stdout  # apply would go ahead
-    assert [(r["pid"], r["result"]) for r in saved["check"]["results"]] == [(live.pid, "ready")]
+    assert (changed, failed) == (2, 0), run.stdout  # apply would go ahead
+    for task in ("check", "check_kvd"):
+        assert [(r["pid"], r["result"]) for r in saved[task]["results"]] == [(live.pid, "ready")]
+    assert mapped_code(live.pid, "libkvstore.so") == file_code(live.pid, "libkvstore.so") \
+        == library
     assert code_snapshot(live.pid) == file_code(live.pid) == before
     assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "VALUE 1"
     assert "no katana patches applied" in katana("status", str(live.pid)).stdout
@@ -190,13 +227,15 @@ def test_check_mode_changes_nothing(needs_json, project, server, tmp_path):
 
 def test_reverted_brings_v0_back(needs_json, project, server, tmp_path):
     live, port = server
-    po = str(project / "patches/kvd-v0-v1.po")
+    po = str(project / "patches/libkvstore.so-v0-v1.po")  # the library's: the fix
     katana("apply", po, str(live.pid), check=True)
-    assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "ERR no such key"
-    # an unsigned copy of the next patch is refused under require_signature, before the
-    # process is touched (else the v0 -> v1 patch could not be reverted below: v2 builds on it)
-    unsigned = tmp_path / "kvd-v1-v2.po"
-    shutil.copy(project / "patches/kvd-v1-v2.po", unsigned)
+    # the exact lookup, with kvd's reply of v0 (kvd's own patch brings "ERR no such key")
+    assert ask(port, "SET a 1") == "OK" and ask(port, "GET ab") == "NOT_FOUND"
+    # an unsigned copy of the library's next patch is refused under require_signature, before
+    # the process is touched (else the v0 -> v1 patch could not be reverted below: v2 builds on
+    # it)
+    unsigned = tmp_path / "libkvstore.so-v1-v2.po"
+    shutil.copy(project / "patches/libkvstore.so-v1-v2.po", unsigned)
     tasks = (patch_task("unsigned", ignore_errors=True, patch=str(unsigned),
                         target=[str(live.pid)], require_signature=True)
              + patch_task("revert", patch=po, target=[str(live.pid)], state="reverted")
@@ -212,7 +251,7 @@ def test_reverted_brings_v0_back(needs_json, project, server, tmp_path):
 
 def test_a_po_for_another_build_fails_the_host(needs_json, project, server, tmp_path):
     live, port = server
-    tasks = patch_task("wrong", patch=str(project / "patches/kvd-v1-v2.po"),
+    tasks = patch_task("wrong", patch=str(project / "patches/libkvstore.so-v1-v2.po"),
                        target=[str(live.pid)])
     run, (_, changed, failed), _ = playbook(tmp_path, tasks)
     assert run.returncode != 0 and (changed, failed) == (0, 1), run.stdout

@@ -1,9 +1,10 @@
 """The example server kvd and its client kv, at each release (example_project/src at v0, and
 the changes/ that take it to v1 and v2).
 
-Each release is compiled here with plain gcc (the SCons path is tested elsewhere; one test below
-only checks that example_project/SConscript builds both programs), started on an ephemeral port
-and driven over real sockets and through kv.
+Each release is compiled here with plain gcc as the SConscript builds it (the store, store.c, in
+libkvstore.so, which kvd loads from beside it; the SCons path is tested elsewhere, one test below
+only checks that example_project/SConscript builds the programs and the library), started on an
+ephemeral port and driven over real sockets and through kv.
 """
 
 import os
@@ -26,7 +27,8 @@ from exampletree import RELEASES, advance, checkout
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example_project"
-SERVER_SOURCES = ("main.c", "net.c", "protocol.c", "stats.c", "store.c")
+SERVER_SOURCES = ("main.c", "net.c", "protocol.c", "stats.c")
+LIBRARY_SOURCES = ("store.c",)  # libkvstore.so
 CFLAGS = [
     "-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
     "-ffunction-sections", "-fdata-sections",
@@ -59,7 +61,8 @@ def run_all(commands, cwd):
 
 
 def build_release(version, src, out, extra_flags=()):
-    """Compile VERSION from a copy of its sources at SRC and link kvd and kv into OUT.
+    """Compile VERSION from a copy of its sources at SRC and link libkvstore.so, kvd (which
+    finds the library beside it: rpath $ORIGIN) and kv into OUT.
 
     Every release is compiled from the same SRC path, so that paths recorded in the debug info
     are the same and an unchanged source must give a byte-identical object.
@@ -68,11 +71,14 @@ def build_release(version, src, out, extra_flags=()):
     out.mkdir()
     sources = sorted(p.name for p in src.glob("*.c"))
     objects = {name: out / name.replace(".c", ".o") for name in sources}
-    run_all([["gcc", *CFLAGS, *extra_flags, "-c", name, "-o", objects[name]] for name in sources],
-            src)
-    kvd, kv = out / "kvd", out / "kv"
+    run_all([["gcc", *CFLAGS, *extra_flags, *(["-fPIC"] if name in LIBRARY_SOURCES else []),
+              "-c", name, "-o", objects[name]] for name in sources], src)
+    kvd, kv, library = out / "kvd", out / "kv", out / "libkvstore.so"
+    run_all([["gcc", *extra_flags, "-shared", "-Wl,-soname,libkvstore.so", "-o", library,
+              *(objects[name] for name in LIBRARY_SOURCES)]], src)
     run_all([
-        ["gcc", *extra_flags, "-o", kvd, *(objects[name] for name in SERVER_SOURCES)],
+        ["gcc", *extra_flags, "-o", kvd, *(objects[name] for name in SERVER_SOURCES),
+         f"-L{out}", "-lkvstore", "-Wl,-rpath,$ORIGIN"],
         ["gcc", *extra_flags, "-o", kv, objects["client.c"]],
     ], src)
     return Build(kvd, kv, objects)
@@ -692,7 +698,7 @@ def test_v1_changes_store_in_one_function_and_main_not_at_all(builds):
 
 
 @pytest.mark.scons
-def test_sconscript_builds_both_programs(tmp_path):
+def test_sconscript_builds_the_programs_and_the_library(tmp_path):
     shutil.copytree(EXAMPLE, tmp_path / "example_project")
     advance(tmp_path, "v1")
     (tmp_path / "SConstruct").write_text(
@@ -701,8 +707,9 @@ def test_sconscript_builds_both_programs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "SCons", "-Q"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PROGRAMS build/kv build/kvd" in result.stdout
+    assert "PROGRAMS build/kv build/kvd build/libkvstore.so" in result.stdout
     assert "-O2 -Wall" in result.stdout
+    assert "-soname,libkvstore.so" in result.stdout and "-lkvstore" in result.stdout
     proc = subprocess.Popen([tmp_path / "build/kvd"], stdout=subprocess.PIPE)
     try:
         assert read_line(proc.stdout, TIMEOUT).startswith("kvd v1 listening on 127.0.0.1:")

@@ -505,8 +505,10 @@ def repo_copy(tmp_path_factory):
 @pytest.mark.scons
 def test_repository_sconstruct_builds_the_tree_quietly(repo_copy):
     out = ok(scons(repo_copy)).stdout
-    assert (repo_copy / "build" / "kvd").is_file() and (repo_copy / "build" / "kv").is_file()
+    for name in ("kvd", "libkvstore.so", "kv"):
+        assert (repo_copy / "build" / name).is_file(), name
     assert "compile example_project/src/store.c" in out and "link build/kvd" in out
+    assert "link build/libkvstore.so" in out  # the library's lines are quiet too
     assert "gcc" not in out
     ok(scons(repo_copy, "-c"))
     assert "-ffunction-sections" in ok(scons(repo_copy, "VERBOSE=1")).stdout
@@ -522,13 +524,17 @@ def test_repository_release_and_patch(repo_copy):
         if version != "v0":
             advance(repo_copy, version)
         out = ok(scons(repo_copy, "release", f"VERSION={version}")).stdout
-        assert f"releases/{version} written: kv, kvd" in out or \
-            f"releases/{version} written: kvd, kv" in out
+        written = re.search(rf"releases/{version} written: (.*) \(", out)
+        assert written and sorted(written.group(1).split(", ")) == ["kv", "kvd", "libkvstore.so"]
     manifest = json.loads((repo_copy / "releases" / "v0" / "manifest.json").read_text())
-    assert manifest["programs"]["kvd"]["objects"] == [
-        "main.o", "net.o", "protocol.o", "stats.o", "store.o"]
+    # the store is a library of its own, which kvd loads
+    assert manifest["programs"]["kvd"]["objects"] == ["main.o", "net.o", "protocol.o", "stats.o"]
+    library = manifest["programs"]["libkvstore.so"]
+    assert library["kind"] == "shared_library" and library["objects"] == ["store.os"]
     assert manifest["programs"]["kv"]["objects"] == ["client.o"]
     out = ok(scons(repo_copy, "patch", "FROM=v0", "TO=v1")).stdout
+    # one PO per object that changed: the library (the lookup fixed) and kvd
+    assert (repo_copy / "patches" / "libkvstore.so-v0-v1.po").is_file()
     assert (repo_copy / "patches" / "kvd-v0-v1.po").is_file()
     # kv's sources did not change: one tree, built twice, links the same bytes
     assert "kv v0 -> v1: the same build, no patch for it" in out
@@ -536,6 +542,7 @@ def test_repository_release_and_patch(repo_copy):
     # the PO depends on the two snapshots only: nothing changed, nothing is generated again
     again = ok(scons(repo_copy, "patch", "FROM=v0", "TO=v1")).stdout
     assert "patch patches/kvd-v0-v1.po" not in again
+    assert "patch patches/libkvstore.so-v0-v1.po" not in again
 
 
 # -- the flag rules, without SCons -----------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from katana.elf.buildid import read_build_id
 from katana.errors import KatanaError, TargetError, UsageError
+from katana.target import procfs
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,9 @@ def selection(user: str | None, exe: Path | None) -> Selection:
 def process_uid(pid: int) -> int | None:
     """The real uid of a process (who started it), or None once it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except OSError:
+        return int(procfs.parse_status(pid)["Uid"].split()[0])
+    except (TargetError, KeyError, IndexError, ValueError):
         return None
-    return None
 
 
 def _runs(pid: int, ident: tuple[int, int]) -> bool:
@@ -88,18 +85,21 @@ def program_of(pid: int) -> str:
         return ""
 
 
+def _selected(chosen: Selection) -> list[int]:
+    """Every process that passes ``--user`` and ``--exe``."""
+    return [pid for pid in process_ids()
+            if (chosen.uid is None or process_uid(pid) == chosen.uid)
+            and (chosen.exe is None or _runs(pid, chosen.exe))]
+
+
 def all_pids(program: str, build_id: str, chosen: Selection = EVERY) -> list[int]:
     """Every process we can see that runs the program: by the executable's name, or by the
-    build-id (a renamed copy); with ``--exe``, only those running that file. Those of another
+    build-id (a renamed copy); with ``--exe``, those running that file. Those of another
     build are kept, to be reported as skipped."""
+    if chosen.exe is not None:
+        return _selected(chosen)
     found = []
-    for pid in process_ids():
-        if chosen.uid is not None and process_uid(pid) != chosen.uid:
-            continue
-        if chosen.exe is not None:
-            if _runs(pid, chosen.exe):
-                found.append(pid)
-            continue
+    for pid in _selected(chosen):
         try:
             if program_of(pid) == program or read_build_id(f"/proc/{pid}/exe") == build_id:
                 found.append(pid)
@@ -111,14 +111,8 @@ def all_pids(program: str, build_id: str, chosen: Selection = EVERY) -> list[int
 def library_pids(names: set[str], chosen: Selection = EVERY) -> list[int]:
     """Every process we can see that maps a library of one of these file names (or sonames),
     whichever program it runs; apply skips those that map another build of it."""
-    from katana.target import procfs
-
     found = []
-    for pid in process_ids():
-        if chosen.uid is not None and process_uid(pid) != chosen.uid:
-            continue
-        if chosen.exe is not None and not _runs(pid, chosen.exe):
-            continue
+    for pid in _selected(chosen):
         try:
             text = procfs.maps_text(pid)
         except KatanaError:
@@ -136,28 +130,19 @@ def stopped_threads(pid: int) -> list[int]:
     A thread a tracer holds is ``t`` and is refused as traced; a thread that exits while we read
     is no longer stopped."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+        tids = procfs.thread_ids(pid)
+    except TargetError:
         return []
-    stopped = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                state = next((line.split()[1] for line in f if line.startswith("State:")), "")
-        except (OSError, IndexError):
-            continue
-        if state == "T":
-            stopped.append(int(tid))
-    return stopped
+    return [tid for tid in tids if procfs.thread_state(pid, tid) == "T"]
 
 
 def refuse_stopped(pid: int) -> None:
     """TargetError for a process stopped by a signal, before katana touches it.
 
     The engine runs system calls through one of the target's threads and needs it to run: a
-    stopped thread never finishes the call, and once continued it ran off the stub and died
-    (SIGSEGV at the -ERESTART value of its interrupted sleep). So a stopped process is refused
-    while it is untouched; ``kill -CONT`` it first."""
+    stopped thread never runs the call (the borrowing then gives it its registers back and
+    fails, ``borrow.Borrower``), and check would promise what apply cannot do. So a stopped
+    process is refused while it is untouched; ``kill -CONT`` it first."""
     stopped = stopped_threads(pid)
     if stopped:
         which = "is stopped" if pid in stopped else f"has {len(stopped)} stopped thread(s)"

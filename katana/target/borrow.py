@@ -267,9 +267,9 @@ class Borrower:
         proc = self.process
         # a thread stopped by SIGSTOP before katana came (state T) would not run the stub
         usable = [tid for tid in proc.tids
-                  if not proc.in_group_stop(tid) and _state(proc.pid, tid) != "T"]
+                  if not proc.in_group_stop(tid) and procfs.thread_state(proc.pid, tid) != "T"]
         for tid in usable:
-            if _state(proc.pid, tid) == "R":
+            if procfs.thread_state(proc.pid, tid) == "R":
                 return tid
         if usable:
             return usable[0]
@@ -309,15 +309,6 @@ def _blocked_at(pid: int, tid: int) -> int | None:
         return int(fields[-1], 16)
     except ValueError:
         return None
-
-
-def _state(pid: int, tid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return "?"
-    return stat[stat.rindex(")") + 2]
 
 
 def _round(size: int) -> int:

@@ -131,6 +131,17 @@ def thread_ids(pid: int) -> list[int]:
     return sorted(tids, key=lambda tid: tid != pid)
 
 
+def thread_state(pid: int, tid: int) -> str:
+    """A thread's state letter (``R``, ``S``, ``T`` for a job-control stop, ``t`` when a tracer
+    holds it, ...), from /proc/PID/task/TID/stat; ``?`` once it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return "?"
+    return stat[stat.rindex(")") + 2]
+
+
 def parse_maps_line(line: str) -> Mapping:
     """Parse one /proc/PID/maps line; the path may contain spaces."""
     parts = line.split(maxsplit=5)

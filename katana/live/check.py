@@ -15,7 +15,6 @@ the commit, and anything that changes the process between the check and the appl
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from katana.errors import ApplyError, BusyError, TargetError
@@ -69,13 +68,13 @@ def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:
     extra = {"stopped_ms": round(stopped * 1000, 3),
              "functions": sorted(f.name for f in plan.po.meta.functions), "busy": names}
     if busy:
-        from katana.safety.safepoint import _describe, _hint
+        from katana.safety.safepoint import busy_hint, describe_busy
 
         never = any(b.never_returns for b in busy)
         tail = "" if never else (f"; apply would wait up to {config.max_wait_for_patching:g} s "
                                  "for it to return")
-        error = BusyError(f"process {pid}: {_describe(busy)} in use right now{tail}",
-                          hint=_hint(busy))
+        error = BusyError(f"process {pid}: {describe_busy(busy)} in use right now{tail}",
+                          hint=busy_hint(busy))
         return Outcome(pid, "failed", error.exit_code, error.message, extra, error)
     m = plan.po.meta
     resolved = len(plan.externals) + len(plan.far)
@@ -88,26 +87,16 @@ def check_one(patch: Path, pid: int, config, trust: Trust) -> Outcome:
 
 def _check_sites(plan: Plan) -> None:
     """Each place a jump goes still holds what the plan expects (apply checks it stopped)."""
-    from katana.safety.safepoint import _MemReader
+    from katana.target.memory import Memory
 
-    read = _MemReader(plan.pid)
+    memory = Memory(plan.pid)
     try:
         for r in plan.redirects:
-            if r.expected and read(r.start, len(r.expected)) != r.expected:
+            if r.expected and memory.read(r.start, len(r.expected)) != r.expected:
                 raise ApplyError(f"{r.name} at {r.start:#x} is not what the patch expects "
                                  "(the process was modified by something else)")
     finally:
-        read.close()
-
-
-def _deleted(pid: int) -> str:
-    """What to add when the process's executable is no longer on disk (a package upgrade
-    replaced or removed it: /proc/PID/exe then ends in " (deleted)")."""
-    try:
-        gone = os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
-    except OSError:
-        return ""
-    return " (its executable was deleted or replaced on disk since it started)" if gone else ""
+        memory.close()
 
 
 def _probe(plan: Plan, config) -> tuple[list, float]:
@@ -120,11 +109,10 @@ def _probe(plan: Plan, config) -> tuple[list, float]:
     try:
         checker = Checker(plan.pid, ranges, declared=plan.declared_stacks, return_hooks=False,
                           records=plan.records)
-    except OSError as e:  # before any stop: a file the probe reads by its path is gone
+    except OSError as e:  # before any stop: the process went away, or a file it maps did
         raise TargetError(f"process {plan.pid}: cannot read {e.filename or 'a file it maps'}: "
-                          f"{e.strerror or e}" + _deleted(plan.pid),
-                          hint="apply is refused too: put the same build back at that path, "
-                               "or restart the process") from e
+                          f"{e.strerror or e}", hint="apply is refused too; is the process "
+                          "still running?") from e
     proc = Process(plan.pid)
     try:
         with signals_held():

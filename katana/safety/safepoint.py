@@ -20,7 +20,6 @@ soon as the frame has returned, instead of polling at random instants.
 from __future__ import annotations
 
 import bisect
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from katana.safety.coroutines import declared_stacks, find_contexts, switch_retu
 from katana.safety.hooks import ReturnHooks
 from katana.safety.unwind import ProcessCfi, Unwinder, Walk, regs_of
 from katana.target import inject, procfs
+from katana.target.memory import Memory
 from katana.target.process import Process, check_interrupts
 
 MAX_SCAN = 64 << 20  # stop scanning a "stack" this far above RSP
@@ -165,35 +165,6 @@ def follows_call(before: bytes) -> bool:
     return any(_indirect_call_length(before[-n:]) == n for n in range(2, min(len(before), 8) + 1))
 
 
-class _MemReader:
-    """Reads the target's memory through /proc/PID/mem without needing it stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.fd: int | None = None
-
-    def __call__(self, addr: int, size: int) -> bytes:
-        if self.fd is None:
-            try:
-                self.fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
-            except OSError as e:
-                raise TargetError(f"cannot read the memory of process {self.pid}: "
-                                  f"{e.strerror}") from None
-        try:
-            data = os.pread(self.fd, size, addr)
-        except OSError as e:
-            raise TargetError(f"cannot read {size} bytes at {addr:#x} in process "
-                              f"{self.pid}: {e.strerror}") from None
-        if len(data) != size:
-            raise TargetError(f"short read at {addr:#x} in process {self.pid}")
-        return data
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class Checker:
     """What the safe-point check needs, read before the first stop: the CFI of every mapped
     object, glibc's signal return, the places the program switches coroutines from, and the
@@ -211,8 +182,8 @@ class Checker:
         self.pid = pid
         self.index = _Index(ranges)
         self.say = say
-        self._reader = _MemReader(pid) if read is None else None
-        self.read = read or self._reader
+        self._reader = Memory(pid) if read is None else None
+        self.read = read or self._reader.read  # type: ignore[union-attr]
         maps = procfs.read_maps(pid) if maps is None else maps
         self.cfi = ProcessCfi(pid, self.read, maps)
         self._add_patch_cfi(read_records(pid, maps) if records is None else records)
@@ -422,7 +393,8 @@ class Checker:
         return ""
 
 
-def _describe(busy: list[Busy]) -> str:
+def describe_busy(busy: list[Busy]) -> str:
+    """The busy functions, where each is in use, and why one can never be waited for."""
     parts = [f"{b.name} ({b.stack or f'thread {b.tid}'}, {b.where})" for b in busy[:3]]
     more = f" and {len(busy) - 3} more" if len(busy) > 3 else ""
     text = ", ".join(parts) + more
@@ -432,7 +404,8 @@ def _describe(busy: list[Busy]) -> str:
     return text
 
 
-def _hint(busy: list[Busy]) -> str:
+def busy_hint(busy: list[Busy]) -> str:
+    """What to do about a busy refusal."""
     if any(b.never_returns for b in busy):
         return ("a change inside a loop that never returns can never be applied: move the "
                 "change into a function the loop calls (the katana flags keep callees out of "
@@ -507,8 +480,8 @@ class _Waiter:
                 self._end_progress()
                 self._let_go()
                 error = BusyError(f"no safe point in process {self.process.pid} within "
-                                  f"{self.timeout:g} s: {_describe(busy)} in use",
-                                  hint=_hint(busy))
+                                  f"{self.timeout:g} s: {describe_busy(busy)} in use",
+                                  hint=busy_hint(busy))
                 error.busy = sorted({b.name for b in busy})  # for --json (docs/json.md)
                 raise error
             if self._hookable(busy) and not self.checker.hooks.base:

@@ -25,7 +25,7 @@ from katana.elf.dynamic import (
 )
 from katana.elf.executable import Reference
 from katana.errors import ApplyError, KatanaError, MismatchError, TargetError
-from katana.live.record import Record
+from katana.live.record import Record, by_object
 from katana.po.model import Meta
 from katana.target import procfs
 from katana.target.alloc import exe_extent
@@ -160,11 +160,9 @@ def base_name(name: str) -> str:
 
 
 def object_records(records: list[Record], kind: str, name: str) -> list[Record]:
-    """The records of one object of the process, oldest first. A process has one program,
-    whatever name its POs gave it; its libraries are told apart by file name."""
-    if kind == "program":
-        return [r for r in records if r.kind == "program"]
-    return [r for r in records if r.kind == kind and base_name(r.program) == base_name(name)]
+    """The records of one object of the process, oldest first (``record.object_key``)."""
+    return by_object(records).get(("program", "") if kind == "program" else
+                                  (kind, base_name(name)), [])
 
 
 def program_object(pid: int, meta: Meta, records: list[Record],

@@ -15,8 +15,7 @@ import time
 
 from katana.elf.buildid import read_build_id
 from katana.errors import KatanaError, TargetError
-from katana.live.record import Record
-from katana.live.status import records_of
+from katana.live.record import Record, by_object, read_records
 from katana.live.targets import process_ids, process_uid, program_of
 from katana.target import procfs
 
@@ -42,11 +41,9 @@ def _patch(r: Record) -> dict:
 
 def objects(records: list[Record], exe_build_id: str | None) -> list[dict]:
     """One entry per patched object, in the order of its first patch."""
-    groups: dict[tuple[str, str], list[Record]] = {}
-    for r in records:
-        groups.setdefault((r.kind, r.program), []).append(r)
     out = []
-    for (kind, name), recs in groups.items():
+    for recs in by_object(records).values():
+        kind, name = recs[-1].kind, recs[-1].program
         own = exe_build_id if kind == "program" and exe_build_id else recs[0].from_build_id
         out.append({"object": name, "kind": kind, "build_id": own,
                     "effective": recs[-1].to_label, "effective_build_id": recs[-1].to_build_id,
@@ -75,7 +72,7 @@ def describe_process(pid: int) -> dict | None:
         if _hidden(pid):
             raise TargetError(f"cannot read /proc/{pid}/exe: permission denied")
         return None
-    records = records_of(pid)
+    records = read_records(pid)
     try:
         build_id = read_build_id(f"/proc/{pid}/exe")
     except (KatanaError, OSError):

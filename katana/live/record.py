@@ -143,6 +143,20 @@ def effective_build_id(records: list[Record], own: str) -> str:
     return records[-1].to_build_id if records else own
 
 
+def object_key(record: Record) -> tuple[str, str]:
+    """Which object of the process a record patches. A process has one program, whatever name
+    its POs gave it (``kvd``, ``build/kvd``); its libraries are told apart by file name."""
+    return (record.kind, "" if record.kind == "program" else record.program.rsplit("/", 1)[-1])
+
+
+def by_object(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
+    """The records of each patched object, in the order of its first patch, each oldest first."""
+    objects: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        objects.setdefault(object_key(r), []).append(r)
+    return objects
+
+
 def _switched_on(mem, record: Record, later: list[Record]) -> bool:
     """Whether the patch took effect: the record is written before the jumps (commit.py), so
     a katana killed in between leaves a record none of whose sites holds its new bytes. A

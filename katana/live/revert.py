@@ -15,8 +15,7 @@ from pathlib import Path
 
 from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
-from katana.live.record import REVERTED_MAGIC, Record, read_records
-from katana.live.status import records_of
+from katana.live.record import REVERTED_MAGIC, Record, object_key, read_records
 from katana.live.targets import refuse_stopped
 from katana.target import procfs
 from katana.target.borrow import Borrower
@@ -76,7 +75,7 @@ def _labels(record: Record) -> dict:
 
 def _choose(pid: int, patch: str | None, first: bool) -> tuple[Record | None, list[Record]]:
     """The record to revert now, and every live record of the process."""
-    records = records_of(pid)
+    records = read_records(pid)
     if not records:
         if not first:
             return None, records
@@ -124,8 +123,7 @@ def _sha_of(patch: str) -> str:
 def _depends(later: Record, record: Record) -> bool:
     """Whether ``later`` needs ``record``: a patch of the same object (made from the build
     ``record`` left), or one whose code was linked against ``record``'s region."""
-    if (later.kind, later.program) == \
-            (record.kind, record.program):
+    if object_key(later) == object_key(record):
         return True
     lo, size = record.region
     addresses = list(later.symbols.values()) + [s.address for s in later.sites]

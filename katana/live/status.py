@@ -6,18 +6,7 @@ import time
 
 from katana.elf.buildid import read_build_id
 from katana.errors import TargetError
-from katana.live.record import MAGIC, REVERTED_MAGIC, Audit, Record, read_records
-
-
-def records_of(pid: int, magic: bytes = MAGIC) -> list[Record]:
-    """``read_records``, where memory that cannot be read (a record whose length runs past its
-    mapping: /proc/PID/mem answers EIO) is a TargetError naming the process, not a bug."""
-    try:
-        return read_records(pid, magic=magic)
-    except OSError as e:
-        raise TargetError(f"cannot read the katana records of process {pid}: "
-                          f"{e.strerror or e}", hint="a damaged record, or memory the kernel "
-                          "will not show: katana cannot tell what this process carries") from e
+from katana.live.record import REVERTED_MAGIC, Audit, Record, by_object, read_records
 
 
 def _audit_json(audit: Audit | None) -> dict | None:
@@ -46,8 +35,8 @@ def _reverted_text(r: Record) -> str:
 
 def status_command(pid: int, report=None) -> int:
     """Print the patches of ``pid`` (or fill ``report``, for --json: docs/json.md)."""
-    records = records_of(pid)
-    reverted = sorted(records_of(pid, magic=REVERTED_MAGIC),
+    records = read_records(pid)
+    reverted = sorted(read_records(pid, magic=REVERTED_MAGIC),
                       key=lambda r: r.reverted.time if r.reverted else "")
     try:
         exe_id = read_build_id(f"/proc/{pid}/exe")
@@ -75,21 +64,14 @@ def status_command(pid: int, report=None) -> int:
         return 0
     # numbered in the order applied (revert takes the highest number first), listed per object
     numbers = {id(r): n for n, r in enumerate(records, 1)}
-    for (kind, name), mine in _by_object(records).items():
+    for mine in sorted(by_object(records).values(), key=lambda o: o[0].kind != "program"):
+        kind, name = mine[-1].kind, mine[-1].program
         soname = f", soname {mine[-1].soname}" if mine[-1].soname else ""
         print(f"  {kind} {name}{soname}:")
         for r in mine:
             _print_record(numbers[id(r)], r)
         print(f"    running: {mine[-1].to_label} (build-id {mine[-1].to_build_id})")
     return 0
-
-
-def _by_object(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
-    """The records of each patched object (the program first), oldest first."""
-    objects: dict[tuple[str, str], list[Record]] = {}
-    for r in sorted(records, key=lambda r: r.kind != "program"):
-        objects.setdefault((r.kind, r.program), []).append(r)
-    return objects
 
 
 def _print_record(n: int, r: Record) -> None:

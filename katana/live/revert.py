@@ -16,11 +16,14 @@ from pathlib import Path
 from katana.errors import ApplyError, KatanaError, NothingToRevertError, UsageError
 from katana.live.audit import audit_line, log_event, revert_audit
 from katana.live.record import REVERTED_MAGIC, Record, object_key, read_records
+from katana.live.results import Outcome, Tally
 from katana.live.targets import refuse_stopped
 from katana.target import procfs
 from katana.target.borrow import Borrower
 from katana.target.inject import SYS_munmap
 from katana.target.process import Process, check_interrupts, fault_point, signals_held
+
+COUNTED = ("reverted", "unchanged", "failed")  # docs/json.md
 
 
 def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = None,
@@ -30,41 +33,35 @@ def revert_command(pid: int, config, verbosity: int = 1, patch: str | None = Non
     from katana.live.command import say_to
 
     say = say_to(verbosity, report is not None)
-    done: list[dict] = []
+    tally = Tally()
     if report is not None:
-        report.update(pid=pid, results=done)
+        report.update(pid=pid, results=[])
     record = None  # the patch being reverted, which a refusal names too (docs/json.md)
     try:
         with signals_held():
             while True:
                 record = None  # until chosen: a refusal before names no patch
-                record, records = _choose(pid, patch, first=not done)
+                record, records = _choose(pid, patch, first=not tally.outcomes)
                 if record is None:  # --all, and none left
                     break
                 _refuse_dependents(pid, record, records)
                 refuse_stopped(pid)  # the unmapping borrows one of its threads
                 _revert_record(pid, record, records, config)
-                done.append({"pid": pid, "result": "reverted", "code": 0,
-                             "message": f"reverted {record.program} {record.to_label} -> "
-                                        f"{record.from_label}", **_labels(record)})
-                say(1, f"{pid}: reverted {record.program} {record.to_label} -> "
-                       f"{record.from_label}")
+                done = f"reverted {record.program} {record.to_label} -> {record.from_label}"
+                tally.add(Outcome(pid, "reverted", 0, done, _labels(record)))
+                say(1, f"{pid}: {done}")
                 if not every:
                     break
                 check_interrupts()
     except KatanaError as e:
-        done.append({"pid": pid, "result": "unchanged" if isinstance(e, NothingToRevertError)
-                     else "failed", "code": e.exit_code, "message": e.message,
-                     **(_labels(record) if record is not None else {})})
-        if done[:-1] and not isinstance(e, NothingToRevertError):
-            e.message += f" ({len(done) - 1} newer patch(es) were reverted before)"
+        nothing = isinstance(e, NothingToRevertError)
+        tally.add(Outcome(pid, "unchanged" if nothing else "failed", e.exit_code, e.message,
+                          _labels(record) if record is not None else {}))
+        if len(tally.outcomes) > 1 and not nothing:
+            e.message += f" ({len(tally.outcomes) - 1} newer patch(es) were reverted before)"
         raise
     finally:
-        if report is not None:
-            results = [d["result"] for d in done]
-            report.update(summary={"reverted": results.count("reverted"),
-                                   "unchanged": results.count("unchanged"),
-                                   "failed": results.count("failed"), "total": len(done)})
+        tally.report_to(report, COUNTED, single=True)
     return 0
 
 

@@ -126,13 +126,10 @@ class Commit:
             return
         assert self._heap is not None
         self.extra.remove(self._heap)
-        borrower = Borrower(self.proc)
         try:
-            borrower.syscall(inject.SYS_munmap, *self._heap)
+            alloc.unmap_running(self.proc, [self._heap])
         except KatanaError:
-            pass  # the process died: nothing to free
-        finally:
-            borrower.close()
+            pass  # the process died, or no thread could be borrowed: unreachable, it stays
         self._heap = None
 
     def _tls_index(self, index: int) -> tuple[int, int]:
@@ -299,15 +296,10 @@ class Commit:
         if self.base and self.plan.layout is not None:
             regions.append((self.base, self.plan.layout.size))
         if not regions:
-            return
+            return  # and no seize for nothing
         try:
             self.proc.seize()
-            borrower = Borrower(self.proc)
-            try:
-                for lo, size in regions:
-                    borrower.syscall(inject.SYS_munmap, lo, size)
-            finally:
-                borrower.close()
+            alloc.unmap_running(self.proc, regions)
         except KatanaError:
             pass  # the process died, or is stopped: an unreachable mapping stays behind
         self.base, self.extra = 0, []

@@ -18,9 +18,7 @@ from katana.live.audit import audit_line, log_event, revert_audit
 from katana.live.record import REVERTED_MAGIC, Record, object_key, read_records
 from katana.live.results import Outcome, Tally
 from katana.live.targets import refuse_stopped
-from katana.target import procfs
-from katana.target.borrow import Borrower
-from katana.target.inject import SYS_munmap
+from katana.target import alloc, procfs
 from katana.target.process import Process, check_interrupts, fault_point, signals_held
 
 COUNTED = ("reverted", "unchanged", "failed")  # docs/json.md
@@ -191,14 +189,8 @@ def _revert(proc: Process, record, records, ranges, config, by) -> None:
         # process run, then unmap through a borrowed thread (all but the record's pages).
         proc.resume()
         checker.hooks.unmap_running(proc)
-        borrower = Borrower(proc)
-        try:
-            for lo, hi in record.extra_regions:
-                borrower.syscall(SYS_munmap, lo, hi)
-            if keep < size:
-                borrower.syscall(SYS_munmap, base + keep, size - keep)
-        finally:
-            borrower.close()
+        alloc.unmap_running(proc, [*record.extra_regions] +
+                            ([(base + keep, size - keep)] if keep < size else []))
     except BaseException:
         if proc.seized and checker.hooks.base:
             if proc.attached:

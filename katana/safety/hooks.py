@@ -188,14 +188,11 @@ class ReturnHooks:
         ``disarm`` moved them out, and no return address points there any more)."""
         if not self.base:
             return
-        borrower = Borrower(process)
         try:
-            borrower.syscall(inject.SYS_munmap, self.base, 2 * procfs.PAGE_SIZE)
+            alloc.unmap_running(process, [(self.base, 2 * procfs.PAGE_SIZE)])
             self.base = 0
         except KatanaError:
             pass  # two unused pages stay mapped; nothing can reach them
-        finally:
-            borrower.close()
 
     def poll(self) -> bool:
         """While the process runs: whether a hook fired since the last poll."""

@@ -154,6 +154,19 @@ def map_running(process: Process, borrower: Borrower, size: int, prot: int,
     )
 
 
+def unmap_running(process: Process, regions: list[tuple[int, int]]) -> None:
+    """Unmap each (start, size) through one borrowed thread while the process runs (seized):
+    katana's own regions once nothing leads there any more. KatanaError when it could not."""
+    if not regions:
+        return
+    borrower = Borrower(process)
+    try:
+        for lo, size in regions:
+            borrower.syscall(inject.SYS_munmap, lo, size)
+    finally:
+        borrower.close()
+
+
 def _mapped(text: str, addr: int, size: int) -> bool:
     """Whether anonymous mappings cover [addr, addr + size) from ``addr`` on, without a gap
     (an mprotect of a part splits the region into two or three)."""
